@@ -1,0 +1,221 @@
+"""Build a multi-profile engine into a Triton model version folder.
+
+Exports the model once over the union envelope of its profiles, then lets the
+chosen runtime specialise every profile, and writes the artifacts, a manifest
+and the model's ``config.pbtxt``. Skips the work when nothing it depends on
+changed.
+
+Run::
+
+    python -m llmprofiles.build --model tiny --profile-set multi --out model_repository/llm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.export import Dim, ExportedProgram
+
+from llmprofiles import models
+from llmprofiles.manifest import EngineLoadError, read_manifest, sha256_file, sha256_json, write_manifest
+from llmprofiles.profile_sets import PROFILE_SETS
+from llmprofiles.spec import ProfileSet, ShapeRange
+
+log = logging.getLogger("llmprofiles.build")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RUNTIMES = ("aoti", "torch-compile", "tensorrt")
+WEIGHTS = "weights.safetensors"
+MODEL_CONFIG = "model_config.json"
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Print a long step's start and its duration, so a build never looks stuck."""
+    print(f"  .. {what}", flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"  ok {what} ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+@dataclass
+class BuildContext:
+    """What a runtime's build function gets: one export and where to write."""
+
+    wrapper: torch.nn.Module
+    exported: ExportedProgram
+    profiles: ProfileSet
+    version_dir: Path
+    dtype: torch.dtype
+    device: torch.device
+    runtime: str
+
+
+def example_dim(r_min: int, r_opt: int, r_max: int) -> int:
+    # torch.export specialises a dim whose example is 0 or 1, so a dynamic
+    # range is traced from an example of at least 2.
+    return r_opt if r_min == r_max else min(max(r_opt, 2), r_max)
+
+
+def example_inputs(ranges: dict[str, ShapeRange], vocab: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    shape = tuple(example_dim(*d) for d in zip(ranges["input_ids"].min, ranges["input_ids"].opt, ranges["input_ids"].max))
+    ids = torch.randint(0, vocab, shape, device=device)
+    return ids, models.default_position_ids(ids).contiguous()
+
+
+def dynamic_shapes(ranges: dict[str, ShapeRange]) -> tuple[dict[int, Dim], ...]:
+    """One Dim per dynamic axis, shared by both inputs (their shapes must match)."""
+    r = ranges["input_ids"]
+    dims = {d: Dim(("batch", "seq")[d] if d < 2 else f"d{d}", min=lo, max=hi)
+            for d, (lo, hi) in enumerate(zip(r.min, r.max)) if lo != hi}
+    return (dims, dict(dims))
+
+
+def export(module: torch.nn.Module, ranges: dict[str, ShapeRange], vocab: int, device: torch.device) -> ExportedProgram:
+    """``torch.export`` over ``ranges`` (the union envelope, or one profile's range)."""
+    with torch.no_grad():
+        return torch.export.export(module, example_inputs(ranges, vocab, device), dynamic_shapes=dynamic_shapes(ranges))
+
+
+def unique_weights(exported: ExportedProgram) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parameters, buffers and constants with tied tensors stored once (plus an alias map)."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in [*exported.state_dict.items(), *exported.constants.items()]:
+        if not isinstance(t, torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = t.detach().contiguous()
+    return tensors, aliases
+
+
+def source_fingerprint(source: str) -> dict:
+    if source in models.PRESETS:
+        return {"preset": source, "seed": models.SEED, "config": models.PRESETS[source].__dict__}
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"MODEL={source!r} is neither a preset {sorted(models.PRESETS)} nor a local HF dir with config.json")
+    # Name, size and mtime of every file: cheap, and changes whenever weights are replaced.
+    return {"dir": str(path.resolve()),
+            "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()}}
+
+
+def code_fingerprint(runtime: str) -> str:
+    pkg = Path(__file__).parent
+    files = ["build.py", "models.py", "spec.py", "runtime_tensorrt.py" if runtime == "tensorrt" else "runtime_portable.py"]
+    return sha256_json({f: sha256_file(pkg / f) for f in files})
+
+
+def write_triton_config(model_dir: Path, profiles: ProfileSet, dtype: torch.dtype, device: torch.device) -> None:
+    """config.pbtxt, derived from the profile set and the build's device and dtype."""
+    rank = len(profiles.envelope()["input_ids"].min)
+    dims = ", ".join(["-1"] * rank)
+    logits_type = "TYPE_FP32" if dtype == torch.float32 else {torch.float16: "TYPE_FP16", torch.bfloat16: "TYPE_BF16"}[dtype]
+    kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
+    (model_dir / "config.pbtxt").write_text(f"""\
+# Written by `make build` (llmprofiles.build) from the profile set: do not edit.
+backend: "python"
+max_batch_size: 0
+input [
+  {{ name: "input_ids", data_type: TYPE_INT64, dims: [ {dims} ] }},
+  {{ name: "position_ids", data_type: TYPE_INT64, dims: [ {dims} ], optional: true }}
+]
+output [
+  {{ name: "logits", data_type: {logits_type}, dims: [ -1, -1 ] }},
+  {{ name: "profile_index", data_type: TYPE_INT32, dims: [ 1 ] }}
+]
+instance_group [ {{ count: 1, kind: {kind} }} ]
+parameters [
+  {{ key: "profile_names", value: {{ string_value: "{','.join(profiles.names)}" }} }}
+]
+""")
+
+
+def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, model_dir: Path, force: bool = False) -> dict:
+    profiles = PROFILE_SETS[profile_set]
+    device_t = torch.device(device)
+    if runtime == "aoti" and device_t.type == "cuda":
+        # AOTInductor CUDA packages segfault at load on the H200 machine (see README).
+        raise SystemExit("RUNTIME=aoti is CPU-only here; use RUNTIME=torch-compile on CUDA")
+    version_dir = model_dir / "1"
+    inputs = {
+        "source": source_fingerprint(source), "profiles": profiles.to_dict(), "runtime": runtime,
+        "device": device_t.type, "dtype": dtype, "code": code_fingerprint(runtime),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    inputs_hash = sha256_json(inputs)
+    if not force:
+        try:
+            old = read_manifest(version_dir)
+            if old.get("inputs_hash") == inputs_hash:
+                print(f"{model_dir.name}: up to date ({version_dir}/manifest.json, inputs {inputs_hash[:12]})")
+                write_triton_config(model_dir, profiles, DTYPES[dtype], device_t)
+                return old
+        except EngineLoadError:
+            pass
+    print(f"{model_dir.name}: building {runtime} engine, {len(profiles)} profile(s) {list(profiles.names)}, "
+          f"model {source}, {dtype} on {device_t}")
+    for f in version_dir.glob("*"):
+        if f.name != "model.py":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    version_dir.mkdir(parents=True, exist_ok=True)
+
+    with step("load model"):
+        hf = models.load_model(source, DTYPES[dtype], device_t)
+        wrapper = models.LastTokenLM(hf)
+    with step(f"export over the union envelope {[r.describe() for r in profiles.envelope().values()][0]}"):
+        exported = export(wrapper, profiles.envelope(), hf.config.vocab_size, device_t)
+    with step("save weights (one copy, shared by every profile)"):
+        from safetensors.torch import save_file
+
+        tensors, aliases = unique_weights(exported)
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(version_dir / WEIGHTS))
+        (version_dir / MODEL_CONFIG).write_text(hf.config.to_json_string())
+    ctx = BuildContext(wrapper, exported, profiles, version_dir, DTYPES[dtype], device_t, runtime)
+    if runtime == "tensorrt":
+        from llmprofiles.runtime_tensorrt import build_tensorrt as build_runtime
+    else:
+        from llmprofiles.runtime_portable import build_portable as build_runtime
+    artifacts, extra = build_runtime(ctx, step)
+    manifest = write_manifest(version_dir, {
+        "inputs_hash": inputs_hash, "model": source, "profile_set": profile_set, "profiles": profiles.to_dict(),
+        "runtime": runtime, "device": device_t.type, "dtype": dtype, "vocab_size": hf.config.vocab_size,
+        "versions": inputs["versions"], "weight_aliases": aliases, **extra,
+    }, [WEIGHTS, MODEL_CONFIG, *artifacts])
+    write_triton_config(model_dir, profiles, DTYPES[dtype], device_t)
+    print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help=f"a preset {sorted(models.PRESETS)} or a local Hugging Face model dir")
+    p.add_argument("--profile-set", default="multi", choices=sorted(PROFILE_SETS), help="which declared profile set to build")
+    p.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES),
+                   help="engine runtime; auto = aoti on CPU, torch-compile on CUDA")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device the engine is built for and served on")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto = float32 on CPU, float16 on CUDA")
+    p.add_argument("--out", type=Path, required=True, help="Triton model folder, e.g. model_repository/llm")
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runtime = a.runtime if a.runtime != "auto" else ("torch-compile" if a.device == "cuda" else "aoti")
+    dtype = a.dtype if a.dtype != "auto" else ("float16" if a.device == "cuda" else "float32")
+    build(a.model, a.profile_set, runtime, a.device, dtype, a.out, a.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

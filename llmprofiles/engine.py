@@ -1,0 +1,66 @@
+"""The engine boundary every runtime sits behind.
+
+An :class:`Engine` exposes its profile table and runs one given profile. It
+checks shapes against that profile before every call, because compiled
+artifacts (AOTInductor packages, TensorRT engines) may not check them and would
+then return silently wrong logits. ``load_engine`` picks the runtime named in
+the manifest, so one model repository serves any runtime unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from llmprofiles.manifest import EngineLoadError, profiles_of, read_manifest
+from llmprofiles.selection import SelectionError, select_profile
+from llmprofiles.spec import ProfileSet
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """A multi-profile engine: ``profiles[i]`` is optimization profile ``i``."""
+
+    def __init__(self, profiles: ProfileSet, vocab_size: int, device: torch.device):
+        self.profiles = profiles
+        self.vocab_size = vocab_size
+        self.device = device
+
+    def select(self, shapes: dict[str, tuple[int, ...]], choice: object = "auto") -> int:
+        return select_profile(self.profiles, shapes, choice)
+
+    def run(self, profile_index: int, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Last-position logits ``[batch, vocab]`` from profile ``profile_index``."""
+        if not 0 <= profile_index < len(self.profiles):
+            raise SelectionError(f"profile index {profile_index} out of range [0, {len(self.profiles) - 1}]")
+        shapes = {"input_ids": tuple(input_ids.shape), "position_ids": tuple(position_ids.shape)}
+        if not self.profiles.fits(profile_index, shapes):
+            raise SelectionError(f"shapes {shapes} are outside profile {self.profiles.describe(profile_index)}")
+        return self._forward(profile_index, input_ids.to(self.device), position_ids.to(self.device))
+
+    def _forward(self, profile_index: int, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def load_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> Engine:
+    """Load the engine in ``version_dir`` with the runtime its manifest names."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    runtime = manifest["runtime"]
+    device = torch.device(device)
+    log.info("loading %s engine from %s on %s", runtime, version_dir, device)
+    if runtime in ("aoti", "torch-compile"):
+        from llmprofiles.runtime_portable import load_portable
+
+        return load_portable(version_dir, manifest, device)
+    if runtime == "tensorrt":
+        from llmprofiles.runtime_tensorrt import load_tensorrt
+
+        return load_tensorrt(version_dir, manifest, device)
+    raise EngineLoadError(f"manifest in {version_dir} names unknown runtime {runtime!r}; run `make build`")
+
+
+__all__ = ["Engine", "EngineLoadError", "load_engine", "profiles_of"]

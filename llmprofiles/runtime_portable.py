@@ -1,0 +1,222 @@
+"""The portable PyTorch runtime: same profile semantics as TensorRT, no TensorRT.
+
+Two ways to specialise each profile, both sharing one copy of the weights:
+
+- ``aoti`` (CPU): one AOTInductor package per profile, compiled ahead of time
+  from the union export re-traced over that profile's range with its opt as the
+  size hint. Packages hold code only; the weights are loaded once and handed to
+  every package as user-managed constants.
+- ``torch-compile`` (CUDA; also runs on CPU): one ``torch.compile`` per profile
+  over the same module. A fully static profile (decode, seq == 1) is compiled
+  for that exact shape and replayed as a CUDA graph, which removes per-kernel
+  host overhead; a dynamic profile is compiled for its range and warmed at its
+  opt. ``make build`` saves the compiler's cache artifacts so serving starts warm.
+  (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from llmprofiles import models
+from llmprofiles.engine import Engine
+from llmprofiles.manifest import EngineLoadError, profiles_of
+from llmprofiles.spec import ProfileSet
+
+log = logging.getLogger(__name__)
+
+COMPILE_CACHE = "compile_cache.bin"
+
+
+def package_name(index: int, name: str) -> str:
+    return f"profile_{index}_{name}.pt2"
+
+
+def load_weights(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(version_dir / "weights.safetensors"), device=str(device))
+    for alias, target in manifest.get("weight_aliases", {}).items():
+        weights[alias] = weights[target]  # tied tensors stay one tensor
+    return weights
+
+
+# --- AOTInductor (CPU) ---------------------------------------------------------
+
+def build_aoti(ctx, step) -> tuple[list[str], dict]:
+    from llmprofiles.build import export
+
+    vocab = ctx.wrapper.model.config.vocab_size
+    union = ctx.exported.module()
+    artifacts = []
+    for i, name in enumerate(ctx.profiles.names):
+        r = ctx.profiles.ranges(i)["input_ids"]
+        with step(f"profile {i} '{name}': AOTInductor package, {r.describe()}, tuned at {list(r.opt)}"):
+            ep = export(union, ctx.profiles.ranges(i), vocab, ctx.device)
+            path = ctx.version_dir / package_name(i, name)
+            torch._inductor.aoti_compile_and_package(
+                ep, package_path=str(path),
+                # Code only: every package gets the one shared copy of the weights at load.
+                inductor_configs={"aot_inductor.package_constants_in_so": False},
+            )
+            artifacts.append(path.name)
+    return artifacts, {}
+
+
+class AOTIEngine(Engine):
+    def __init__(self, profiles: ProfileSet, vocab_size: int, device: torch.device, runners: list[Callable]):
+        super().__init__(profiles, vocab_size, device)
+        self.runners = runners
+
+    def _forward(self, profile_index, input_ids, position_ids):
+        return self.runners[profile_index](input_ids, position_ids)
+
+
+def load_aoti(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> AOTIEngine:
+    if device.type != "cpu":
+        raise EngineLoadError(f"the aoti engine in {version_dir} is CPU-only; rebuild with RUNTIME=torch-compile for {device}")
+    profiles = profiles_of(manifest)
+    weights = load_weights(version_dir, manifest, device)
+    runners = []
+    for i, name in enumerate(profiles.names):
+        runner = torch._inductor.aoti_load_package(str(version_dir / package_name(i, name)))
+        fqns = runner.get_constant_fqns()
+        missing = [k for k in fqns if k not in weights]
+        if missing:
+            raise EngineLoadError(f"weights.safetensors in {version_dir} lacks {missing[:3]}; run `make build`")
+        # user_managed: the package uses these tensors in place, so all profiles share them.
+        runner.load_constants({k: weights[k] for k in fqns}, check_full_update=True, user_managed=True)
+        runners.append(runner)
+    return AOTIEngine(profiles, manifest["vocab_size"], device, runners)
+
+
+# --- torch.compile (CUDA) ------------------------------------------------------
+
+class StaticGraphRunner:
+    """A static-shape profile compiled for its exact shape and replayed as a CUDA graph."""
+
+    def __init__(self, fn: Callable, shape: tuple[int, ...], device: torch.device, vocab: int):
+        self.ids = torch.zeros(shape, dtype=torch.int64, device=device)
+        self.pos = models.default_position_ids(self.ids).contiguous()
+        self.graph = None
+        if device.type == "cuda":
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream), torch.no_grad():
+                for _ in range(3):  # compile, autotune and settle allocations before capture
+                    fn(self.ids, self.pos)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.out = fn(self.ids, self.pos)
+        self.fn = fn
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            with torch.no_grad():
+                return self.fn(input_ids, position_ids)
+        self.ids.copy_(input_ids, non_blocking=True)
+        self.pos.copy_(position_ids, non_blocking=True)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites self.out
+
+
+class DynamicRunner:
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fn(input_ids, position_ids)
+
+
+class CompiledEngine(Engine):
+    """All profiles are compiled views of one module, so the weights exist once."""
+
+    def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,
+                 cuda_graphs: bool = True, mode: str | None = "max-autotune-no-cudagraphs"):
+        super().__init__(profiles, wrapper.model.config.vocab_size, device)
+        self.wrapper = wrapper
+        self.runners = []
+        for i, name in enumerate(profiles.names):
+            r = profiles.ranges(i)["input_ids"]
+            t0 = time.perf_counter()
+            if r.is_static:
+                fn = torch.compile(wrapper, dynamic=False, mode=mode, fullgraph=True)
+                runner = StaticGraphRunner(fn, r.min, device, self.vocab_size) if cuda_graphs else DynamicRunner(fn)
+            else:
+                runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True))
+            # Warm at the profile's opt (the size hint the kernels are tuned for).
+            ids = torch.zeros(r.opt, dtype=torch.int64, device=device)
+            runner(ids, models.default_position_ids(ids))
+            log.info("profile %d %r ready in %.1f s (%s)", i, name, time.perf_counter() - t0,
+                     "static, CUDA graph" if isinstance(runner, StaticGraphRunner) and runner.graph else "compiled")
+            self.runners.append(runner)
+
+    def _forward(self, profile_index, input_ids, position_ids):
+        return self.runners[profile_index](input_ids, position_ids)
+
+
+def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = json.loads((version_dir / "model_config.json").read_text())
+    config = AutoConfig.for_model(**cfg)
+    dtype = getattr(torch, manifest["dtype"])
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    wrapper = models.LastTokenLM(hf)
+    weights = load_weights(version_dir, manifest, device)
+    params = dict(wrapper.named_parameters())
+    missing = [k for k in params if k not in weights]
+    if missing:
+        raise EngineLoadError(f"weights.safetensors in {version_dir} lacks {missing[:3]}; run `make build`")
+    wrapper.load_state_dict({k: weights[k] for k in wrapper.state_dict() if k in weights}, strict=False, assign=True)
+    wrapper.model.tie_weights()
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: rebuild them on the device.
+    for name, buf in list(wrapper.named_buffers()):
+        if buf.is_meta:
+            if name not in weights:
+                raise EngineLoadError(f"buffer {name} missing from weights.safetensors in {version_dir}; run `make build`")
+            mod_name, _, attr = name.rpartition(".")
+            wrapper.get_submodule(mod_name)._buffers[attr] = weights[name]
+    hf.config.use_cache = False
+    return wrapper.to(device).eval()
+
+
+def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> CompiledEngine:
+    cache = version_dir / COMPILE_CACHE
+    if cache.is_file() and device.type == "cuda":
+        t0 = time.perf_counter()
+        torch.compiler.load_cache_artifacts(cache.read_bytes())
+        log.info("loaded compile cache artifacts in %.1f s", time.perf_counter() - t0)
+    wrapper = wrapper_from_artifacts(version_dir, manifest, device)
+    return CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
+
+
+def build_compiled(ctx, step) -> tuple[list[str], dict]:
+    if ctx.device.type != "cuda":
+        return [], {}
+    with step("compile every profile on the GPU and save the compiler's cache artifacts"):
+        CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
+        artifacts = torch.compiler.save_cache_artifacts()
+        if artifacts is None:
+            return [], {}
+        (ctx.version_dir / COMPILE_CACHE).write_bytes(artifacts[0])
+    return [COMPILE_CACHE], {}
+
+
+def build_portable(ctx, step) -> tuple[list[str], dict]:
+    return build_aoti(ctx, step) if ctx.runtime == "aoti" else build_compiled(ctx, step)
+
+
+def load_portable(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> Engine:
+    if manifest["runtime"] == "aoti":
+        return load_aoti(version_dir, manifest, device)
+    return load_compiled(version_dir, manifest, device)

@@ -1,0 +1,63 @@
+"""Per-request profile choice: ``"auto"`` (ordered first-fit), an index, or a name.
+
+Pure functions of (profile set, shapes, choice); model.py and both runtimes call
+them, and they are tested without Triton or a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from llmprofiles.spec import ProfileSet
+
+AUTO = "auto"
+
+
+class SelectionError(ValueError):
+    """A request cannot be served by any allowed profile. The message says why."""
+
+
+def parse_choice(profiles: ProfileSet, value: object) -> int | None:
+    """Turn an ``optimization_profile`` parameter into an index, or None for auto.
+
+    >>> from llmprofiles.profile_sets import MULTI
+    >>> parse_choice(MULTI, "auto"), parse_choice(MULTI, "prefill"), parse_choice(MULTI, 0)
+    (None, 1, 0)
+    """
+    allowed = f"'auto', an index in [0, {len(profiles) - 1}], or one of {list(profiles.names)}"
+    if value is None or value == AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SelectionError(f"optimization_profile {value!r} is malformed; allowed: {allowed}")
+    if isinstance(value, str):
+        if value in profiles.names:
+            return profiles.names.index(value)
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise SelectionError(f"optimization_profile {value!r} is not a known profile; allowed: {allowed}") from None
+    if not 0 <= value < len(profiles):
+        raise SelectionError(f"optimization_profile index {value} is out of range; allowed: {allowed}")
+    return value
+
+
+def select_profile(profiles: ProfileSet, shapes: Mapping[str, Sequence[int]], choice: object = AUTO) -> int:
+    """The profile index that serves ``shapes``; raise SelectionError if none may.
+
+    ``auto`` is plain ordered first-fit on every call (never sticky). A manual
+    choice must contain the shapes, or the request is refused.
+    """
+    index = parse_choice(profiles, choice)
+    shown = {k: list(v) for k, v in shapes.items()}
+    if index is None:
+        index = profiles.first_fit(shapes)
+        if index is None:
+            options = "; ".join(profiles.describe(i) for i in range(len(profiles)))
+            raise SelectionError(f"input shapes {shown} fit no optimization profile; profiles: {options}")
+        return index
+    if not profiles.fits(index, shapes):
+        raise SelectionError(
+            f"input shapes {shown} are outside optimization profile {profiles.describe(index)}; "
+            f"choose another profile or 'auto'"
+        )
+    return index

@@ -1,0 +1,156 @@
+"""Run the real ``tritonserver`` shipped in the nvidia-pytriton wheel, without Docker.
+
+The wheel carries the server binary, the Python backend and one backend stub per
+Python version. The stub must match the interpreter that serves (it imports the
+project's packages from it), so this module assembles a backend folder for the
+running interpreter and the environment the stub needs.
+
+Run the server in the foreground::
+
+    python -m llmprofiles.triton --model-repository model_repository --http-port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+
+def pytriton_root() -> Path:
+    # Locate, don't import: importing pytriton pulls in its own client stack.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("nvidia-pytriton is not installed; run `make setup` (it ships tritonserver)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def backend_dir(dest: Path) -> Path:
+    """A writable backends folder with the Python stub for this interpreter."""
+    root = pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise SystemExit(f"nvidia-pytriton has no Python backend stub for Python {version} at {stub}")
+    if not (dest / "python" / "triton_python_backend_stub").is_file():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(root / "backends", dest)
+        shutil.copy2(stub, dest / "python" / "triton_python_backend_stub")
+    return dest
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [str(pytriton_root().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")])
+    # The stub imports packages from the interpreter found first on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int, work: Path) -> list[str]:
+    return [
+        str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
+        f"--model-repository={repo.resolve()}",
+        f"--backend-directory={backend_dir(work / 'backends')}",
+        "--model-control-mode=none",
+        "--http-address=127.0.0.1", f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+        "--allow-metrics=true", "--allow-gpu-metrics=false",
+        "--log-verbose=0",
+    ]
+
+
+class TritonServer:
+    """A tritonserver child process: ``with TritonServer(...) as s:`` waits until it is ready."""
+
+    def __init__(self, repo: str | Path = "model_repository", http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, work: str | Path = ".triton", log_path: str | Path | None = None,
+                 ready_timeout_s: float = 300.0):
+        self.repo, self.work = Path(repo), Path(work)
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.log_path = Path(log_path) if log_path else self.work / f"server-{http_port}.log"
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> TritonServer:
+        self.work.mkdir(parents=True, exist_ok=True)
+        cmd = server_command(self.repo, self.http_port, self.grpc_port, self.metrics_port, self.work)
+        t0 = time.perf_counter()
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        while time.perf_counter() - t0 < self.ready_timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.is_ready():
+                self.startup_s = time.perf_counter() - t0
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc:
+            self._log.close()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) in the foreground.")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port on 127.0.0.1")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port on 127.0.0.1")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port on 127.0.0.1")
+    p.add_argument("--work-dir", type=Path, default=Path(".triton"), help="where the backend folder is assembled")
+    a = p.parse_args(argv)
+    a.work_dir.mkdir(parents=True, exist_ok=True)
+    cmd = server_command(a.model_repository, a.http_port, a.grpc_port, a.metrics_port, a.work_dir)
+    os.execve(cmd[0], cmd, server_env())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Triton Python-backend model: serves a multi-profile engine by ordered first-fit.
+
+Thin by design: the engine, profile selection and request checks live in the
+``llmprofiles`` package (tested without Triton); this file only adapts Triton's
+tensors, parameters, errors and metrics.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from llmprofiles.engine import load_engine
+from llmprofiles.serving import LATENCY_BUCKETS_MS, BadRequest, RequestHandler
+
+
+def _torch_input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    # DLPack, not as_numpy(): works with numpy 2 and with GPU tensors.
+    return None if tensor is None else from_dlpack(tensor.to_dlpack())
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.engine = load_engine(version_dir, device)  # EngineLoadError fails the load, telling to `make build`
+        names = self.engine.profiles.names
+        model = config["name"]
+        # Families must outlive their metrics, so they are kept on self.
+        self.families = requests, latency, errors = (
+            pb_utils.MetricFamily("llm_profile_requests_total", "Requests served, by optimization profile",
+                                  pb_utils.MetricFamily.COUNTER),
+            pb_utils.MetricFamily("llm_profile_latency_ms", "Validate + engine latency (ms), by optimization profile",
+                                  pb_utils.MetricFamily.HISTOGRAM),
+            pb_utils.MetricFamily("llm_profile_invalid_requests_total", "Requests refused with INVALID_ARG",
+                                  pb_utils.MetricFamily.COUNTER),
+        )
+        self.requests = [requests.Metric(labels={"model": model, "profile": n}) for n in names]
+        self.latency = [latency.Metric(labels={"model": model, "profile": n}, buckets=list(LATENCY_BUCKETS_MS))
+                        for n in names]
+        self.invalid = errors.Metric(labels={"model": model})
+        self.handler = RequestHandler(self.engine, on_served=self._record)
+        pb_utils.Logger.log_info(f"{model}: profiles {list(names)} on {device}")
+
+    def _record(self, index, latency_ms):
+        self.requests[index].increment(1)
+        self.latency[index].observe(latency_ms)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                served = self.handler(_torch_input(request, "input_ids"), _torch_input(request, "position_ids"),
+                                      request.parameters())
+                outputs = [
+                    pb_utils.Tensor.from_dlpack("logits", to_dlpack(served.logits.contiguous())),
+                    pb_utils.Tensor.from_dlpack("profile_index",
+                                                to_dlpack(torch.tensor([served.profile_index], dtype=torch.int32))),
+                ]
+                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+            except BadRequest as e:
+                self.invalid.increment(1)
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+            except Exception as e:  # an engine fault fails this request only; the server keeps serving
+                pb_utils.Logger.log_error(f"engine error: {e!r}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"internal engine error: {e}", pb_utils.TritonError.INTERNAL)))
+        return responses
