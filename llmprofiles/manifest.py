@@ -54,6 +54,8 @@ def read_manifest(version_dir: Path, verify: bool = True) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
         ProfileSet.from_dict(manifest["profiles"])
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' must map artifact names to sha256, got {type(files).__name__}")
     except (ValueError, KeyError, TypeError) as e:
         raise EngineLoadError(f"engine manifest {path} is corrupt ({e}); {hint}") from e
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -41,6 +41,8 @@ def choice_from_parameters(parameters: str | dict | None) -> object:
             parameters = json.loads(parameters)
         except ValueError as e:
             raise BadRequest(f"request parameters are not valid JSON: {parameters!r}") from e
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"request parameters must be a JSON object, got {parameters!r}")
     return parameters.get(PARAMETER, AUTO)
 
 

@@ -119,6 +119,8 @@ class ProfileSet:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"profile names must be unique, got {list(self.names)}")
         for n in self.names:
+            if not isinstance(n, str):
+                raise TypeError(f"profile name {n!r} must be a str, got {type(n).__name__}")
             if not n or n == "auto" or n.lstrip("-").isdigit():
                 raise ValueError(f"profile name {n!r} is reserved or empty; use a word like 'decode'")
         counts = {i.name: len(i.profiles) for i in self.inputs if i.profiles is not None}

@@ -1,0 +1,60 @@
+# Multi-profile LLM serving on Triton: the runbook. `make help` lists targets.
+
+PYTHON       ?= python3
+VENV         ?= .venv
+# Override PY to use an existing interpreter (e.g. PY=python3 on the GPU machine); then no venv is made.
+PY           ?= $(VENV)/bin/python
+MODEL        ?= tiny
+DEVICE       ?= cpu
+RUNTIME      ?= auto
+DTYPE        ?= auto
+HTTP_PORT    ?= 8000
+GRPC_PORT    ?= 8001
+METRICS_PORT ?= 8002
+# A CPU build: a loose `torch` pulls several GB of CUDA wheels.
+TORCH_SPEC   ?= torch==2.13.0
+PYTRITON     ?= nvidia-pytriton==0.7.0
+
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+export PYTHONUNBUFFERED := 1
+SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
+BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE)
+
+.PHONY: help setup build serve demo test bench check-tensorrt clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup: $(SETUP)  ## create .venv with torch (CPU), the package, tritonclient and tritonserver
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	# tritonserver ships inside the pytriton wheel; its Python deps are not needed to run the binary.
+	$(PY) -m pip install -q --no-deps "$(PYTRITON)"
+	touch $@
+
+build: $(SETUP)  ## build the multi-profile engine (llm) and the single-profile baseline (llm_single)
+	$(PY) -m llmprofiles.build $(BUILD_ARGS) --profile-set multi --out model_repository/llm
+	$(PY) -m llmprofiles.build $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
+
+serve: build  ## run tritonserver in the foreground on 127.0.0.1
+	$(PY) -m llmprofiles.triton --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: build  ## start the server, drive decode + prefill traffic, print the comparison table, stop
+	$(PY) client/demo.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: build  ## unit, model.py and integration tests (the fixture starts tritonserver)
+	$(PY) -m pytest -q
+
+bench: $(SETUP)  ## GPU benchmark: engine alone and through Triton, writes bench/results/
+	$(PY) -m llmprofiles.bench --model $(MODEL)
+
+check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
+	$(PY) -m llmprofiles.check_tensorrt
+
+clean:  ## remove build outputs (engines, caches); keeps .venv
+	rm -rf .cache .triton model_repository/*/config.pbtxt
+	find model_repository -path '*/1/*' ! -name model.py -delete
