@@ -73,7 +73,7 @@ def load_model(source: str, dtype: torch.dtype, device: str | torch.device = "cp
                 if p.dim() >= 2:
                     p.normal_(0.0, 0.02)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype)
     model.config.use_cache = False
     return model.to(device=device, dtype=dtype).eval()
 

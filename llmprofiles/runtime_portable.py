@@ -152,9 +152,11 @@ class CompiledEngine(Engine):
                 runner = StaticGraphRunner(fn, r.min, device, self.vocab_size) if cuda_graphs else DynamicRunner(fn)
             else:
                 runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True))
-            # Warm at the profile's opt (the size hint the kernels are tuned for).
-            ids = torch.zeros(r.opt, dtype=torch.int64, device=device)
-            runner(ids, models.default_position_ids(ids))
+            # Warm at the profile's opt first (the size hint the kernels are tuned
+            # for), then at its ends: torch.compile specialises size 1 on its own.
+            for shape in dict.fromkeys((r.opt, r.min, r.max)):
+                ids = torch.zeros(shape, dtype=torch.int64, device=device)
+                runner(ids, models.default_position_ids(ids))
             log.info("profile %d %r ready in %.1f s (%s)", i, name, time.perf_counter() - t0,
                      "static, CUDA graph" if isinstance(runner, StaticGraphRunner) and runner.graph else "compiled")
             self.runners.append(runner)
@@ -170,7 +172,7 @@ def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: 
     config = AutoConfig.for_model(**cfg)
     dtype = getattr(torch, manifest["dtype"])
     with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
     wrapper = models.LastTokenLM(hf)
     weights = load_weights(version_dir, manifest, device)
     params = dict(wrapper.named_parameters())
@@ -191,13 +193,16 @@ def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: 
 
 
 def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> CompiledEngine:
+    """Rebuild the module from weights + config and compile its profiles (warm from the saved cache)."""
     cache = version_dir / COMPILE_CACHE
     if cache.is_file() and device.type == "cuda":
         t0 = time.perf_counter()
         torch.compiler.load_cache_artifacts(cache.read_bytes())
         log.info("loaded compile cache artifacts in %.1f s", time.perf_counter() - t0)
     wrapper = wrapper_from_artifacts(version_dir, manifest, device)
-    return CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
+    engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
+    engine.version_dir = version_dir
+    return engine
 
 
 def build_compiled(ctx, step) -> tuple[list[str], dict]:

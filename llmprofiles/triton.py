@@ -56,10 +56,10 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int, work: Path) -> list[str]:
+def server_command(repos: list[Path], http_port: int, grpc_port: int, metrics_port: int, work: Path) -> list[str]:
     return [
         str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
-        f"--model-repository={repo.resolve()}",
+        *(f"--model-repository={Path(r).resolve()}" for r in repos),
         f"--backend-directory={backend_dir(work / 'backends')}",
         "--model-control-mode=none",
         "--http-address=127.0.0.1", f"--http-port={http_port}",
@@ -73,10 +73,11 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
 class TritonServer:
     """A tritonserver child process: ``with TritonServer(...) as s:`` waits until it is ready."""
 
-    def __init__(self, repo: str | Path = "model_repository", http_port: int = 8000, grpc_port: int = 8001,
+    def __init__(self, repo: str | Path | list[Path] = "model_repository", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, work: str | Path = ".triton", log_path: str | Path | None = None,
                  ready_timeout_s: float = 300.0):
-        self.repo, self.work = Path(repo), Path(work)
+        self.repos = [Path(r) for r in repo] if isinstance(repo, list) else [Path(repo)]
+        self.work = Path(work)
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.log_path = Path(log_path) if log_path else self.work / f"server-{http_port}.log"
         self.ready_timeout_s = ready_timeout_s
@@ -91,6 +92,10 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
     def is_ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
@@ -100,7 +105,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         self.work.mkdir(parents=True, exist_ok=True)
-        cmd = server_command(self.repo, self.http_port, self.grpc_port, self.metrics_port, self.work)
+        cmd = server_command(self.repos, self.http_port, self.grpc_port, self.metrics_port, self.work)
         t0 = time.perf_counter()
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT,
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-dir", type=Path, default=Path(".triton"), help="where the backend folder is assembled")
     a = p.parse_args(argv)
     a.work_dir.mkdir(parents=True, exist_ok=True)
-    cmd = server_command(a.model_repository, a.http_port, a.grpc_port, a.metrics_port, a.work_dir)
+    cmd = server_command([a.model_repository], a.http_port, a.grpc_port, a.metrics_port, a.work_dir)
     os.execve(cmd[0], cmd, server_env())
 
 

@@ -1,0 +1,352 @@
+"""GPU benchmark: single- vs multi-profile engine, on the engine alone and through Triton.
+
+Both engines come from the same export (``make build`` writes model_repository/llm
+and llm_single). Every comparison is measured side by side in one run, calls
+interleaved so machine noise hits both engines alike. Writes
+``bench/results/<date>-<gpu>.{md,json,png}``; the last stdout line is JSON.
+
+Run (on a GPU, after ``make build DEVICE=cuda MODEL=gemma-3-1b``)::
+
+    python -m llmprofiles.bench --phase all
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmprofiles.loadgen import Caller, format_table, percentiles, run_load
+from llmprofiles.manifest import read_manifest
+
+REPO = Path("model_repository")
+MODELS = {"single": "llm_single", "multi": "llm"}
+STATE = Path("bench/tmp/state.json")
+
+
+def stats_ms(samples: list[float]) -> dict:
+    p50, p99 = percentiles(samples, (50, 99))
+    return {"median_ms": p50, "p99_ms": p99, "n": len(samples)}
+
+
+def regimes(prefill_seqs: list[int]) -> list[tuple[str, int]]:
+    return [("decode", 1)] + [("prefill", s) for s in prefill_seqs]
+
+
+def inputs(seq: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, seq), generator=g)
+    return ids, torch.arange(seq).expand(1, seq).contiguous()
+
+
+# --- engine alone ---------------------------------------------------------------
+
+def load_measured(model: str, device: torch.device, seqs: list[int]):
+    """Load one engine, run every regime once, and report its GPU memory (weights, graphs, workspaces)."""
+    from llmprofiles.engine import load_engine
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    engine = load_engine(REPO / model / "1", device)
+    load_s = time.perf_counter() - t0
+    for seq in seqs:  # every regime compiled and its workspace allocated before timing
+        time_call(engine, *inputs(seq, engine.vocab_size, 0), device)
+    return engine, {"load_s": load_s, "resident_bytes": torch.cuda.memory_allocated(device) - base,
+                    "peak_bytes": torch.cuda.max_memory_allocated(device) - base}
+
+
+def time_call(engine, ids, pos, device) -> float:
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    engine.run(engine.select({"input_ids": ids.shape, "position_ids": pos.shape}), ids, pos)
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def correctness(engine, eager, vocab: int, n: int, device) -> dict:
+    """Top-1 agreement and max |logit diff| vs HF eager, on random inputs per regime."""
+    out = {}
+    for regime, seqs in (("decode", [1] * n), ("prefill", list(np.random.default_rng(1).integers(2, 513, n)))):
+        agree, worst = 0, 0.0
+        for i, seq in enumerate(seqs):
+            ids, _ = inputs(int(seq), vocab, 10_000 + i)
+            pos = torch.arange(int(seq)).expand(1, -1).contiguous()
+            if regime == "decode":  # a decode step at a random position
+                pos = torch.tensor([[int(np.random.default_rng(i).integers(0, 512))]])
+            got = engine.run(engine.select({"input_ids": ids.shape, "position_ids": pos.shape}), ids, pos).float()
+            with torch.no_grad():
+                ref = eager(ids.to(device), pos.to(device)).float()
+            agree += int(got.argmax(-1).item() == ref.argmax(-1).item())
+            worst = max(worst, (got - ref).abs().max().item())
+        out[regime] = {"top1_agreement": agree / len(seqs), "max_abs_diff": worst, "n": len(seqs)}
+    return out
+
+
+def phase_engine(args) -> dict:
+    from llmprofiles.runtime_portable import wrapper_from_artifacts
+
+    device = torch.device("cuda:0")
+    engines, memory = {}, {}
+    for key in ("single", "multi"):
+        engines[key], memory[key] = load_measured(MODELS[key], device, [seq for _, seq in regimes(args.prefill_seqs)])
+        print(f"loaded {key}: {memory[key]}", flush=True)
+    vocab = engines["multi"].vocab_size
+    latency = {}
+    for regime, seq in regimes(args.prefill_seqs):
+        ids, pos = inputs(seq, vocab, seq)
+        samples = {"single": [], "multi": []}
+        for _ in range(args.warmup):
+            for key in samples:
+                time_call(engines[key], ids, pos, device)
+        for _ in range(args.iters):
+            for key in samples:  # interleaved: noise hits both alike
+                samples[key].append(time_call(engines[key], ids, pos, device))
+        latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
+        print(f"engine {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
+    manifest = read_manifest(REPO / "llm" / "1", verify=False)
+    eager = wrapper_from_artifacts(REPO / "llm" / "1", manifest, device)  # HF eager, same weights
+    correct = {k: correctness(engines[k], eager, vocab, args.correctness_n, device) for k in ("multi",)}
+    print(f"correctness: {correct}", flush=True)
+    sharing = weights_shared(engines["multi"])
+    return {"latency": latency, "memory": memory, "correctness": correct, "weights_shared": sharing}
+
+
+def weights_shared(engine) -> dict:
+    """Every profile runner of a compiled engine closes over the one module: count weight bytes once."""
+    params = list(engine.wrapper.parameters())
+    return {"profiles": len(engine.profiles), "weight_bytes": sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())}
+
+
+# --- through Triton ------------------------------------------------------------
+
+def proc_tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (tritonserver + backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def gpu_used_bytes() -> int | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out.split()[0]) * 1024 * 1024
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return None
+
+
+def noop_repo(manifest: dict, kind: str) -> Path:
+    root = Path("bench/tmp/noop_repo")
+    model = root / "noop"
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy("bench/noop/model.py", model / "1" / "model.py")
+    ltype = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}[manifest["dtype"]]
+    (model / "config.pbtxt").write_text(f"""backend: "python"
+max_batch_size: 0
+input [ {{ name: "input_ids", data_type: TYPE_INT64, dims: [ -1, -1 ] }},
+        {{ name: "position_ids", data_type: TYPE_INT64, dims: [ -1, -1 ], optional: true }} ]
+output [ {{ name: "logits", data_type: {ltype}, dims: [ -1, -1 ] }},
+         {{ name: "profile_index", data_type: TYPE_INT32, dims: [ 1 ] }} ]
+instance_group [ {{ count: 1, kind: {kind} }} ]
+parameters [ {{ key: "vocab", value: {{ string_value: "{manifest['vocab_size']}" }} }},
+             {{ key: "dtype", value: {{ string_value: "{manifest['dtype']}" }} }} ]
+""")
+    return root
+
+
+def phase_triton(args) -> dict:
+    from llmprofiles.triton import TritonServer
+
+    manifest = read_manifest(REPO / "llm" / "1", verify=False)
+    kind = "KIND_GPU" if manifest["device"] == "cuda" else "KIND_CPU"
+    vocab = manifest["vocab_size"]
+    with TritonServer([REPO, noop_repo(manifest, kind)], 18600, 18601, 18602, work=".triton",
+                      log_path="bench/tmp/server.log", ready_timeout_s=540) as server:
+        print(f"tritonserver ready in {server.startup_s:.1f} s", flush=True)
+        caller = Caller("grpc", server.grpc_url)
+        latency = {}
+        for regime, seq in regimes(args.prefill_seqs):
+            ids, pos = (t.numpy() for t in inputs(seq, vocab, seq))
+            models = {"noop": "noop", "single": MODELS["single"], "multi": MODELS["multi"]}
+            samples = {k: [] for k in models}
+            for _ in range(args.warmup):
+                for k, m in models.items():
+                    caller(m, ids, pos)
+            for _ in range(args.iters):
+                for k, m in models.items():
+                    samples[k].append(caller(m, ids, pos).latency_ms)
+            latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
+            print(f"triton {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
+        caller.close()
+        mem_start = {"host_rss_bytes": proc_tree_rss_bytes(server.pid), "gpu_used_bytes": gpu_used_bytes()}
+        load = run_load(server.grpc_url, "grpc", MODELS["multi"], decode_fraction=0.9, prefill_seq=128,
+                        concurrency=args.load_concurrency, duration_s=args.load_s, requests=None)
+        mem_end = {"host_rss_bytes": proc_tree_rss_bytes(server.pid), "gpu_used_bytes": gpu_used_bytes()}
+        print(f"load run: {json.dumps(load)[:400]}", flush=True)
+        return {"startup_s": server.startup_s, "latency": latency, "load": load,
+                "memory_start": mem_start, "memory_end": mem_end}
+
+
+# --- report -----------------------------------------------------------------
+
+def environment(cmd: str) -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    driver = None
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        pass
+    import transformers
+
+    return {"gpu": gpu, "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(), "command": cmd,
+            "manifest": {k: read_manifest(REPO / "llm" / "1", verify=False)[k] for k in ("model", "dtype", "runtime")}}
+
+
+def speedup(single: float | None, multi: float | None) -> str:
+    return f"{single / multi:.2f}x" if single and multi else "-"
+
+
+def report(state: dict) -> tuple[str, dict]:
+    env, eng, tri = state["env"], state.get("engine"), state.get("triton")
+    lines = [f"# Multi- vs single-profile engine on {env['gpu']}", "",
+             f"- date {env['date']}; driver {env['driver']}; torch {env['torch']} (CUDA {env['cuda']}); "
+             f"transformers {env['transformers']}; Python {env['python']}",
+             f"- model {env['manifest']['model']}, {env['manifest']['dtype']}, runtime {env['manifest']['runtime']}, batch 1",
+             f"- command: `{env['command']}`", ""]
+    if eng:
+        rows = []
+        for key, cell in eng["latency"].items():
+            s, m = cell["single"], cell["multi"]
+            rows.append([key.replace("@", " seq="), "engine", f"{s['median_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                         f"{m['median_ms']:.3f}", f"{m['p99_ms']:.3f}", speedup(s["median_ms"], m["median_ms"])])
+        if tri:
+            for key, cell in tri["latency"].items():
+                s, m, n = cell["single"], cell["multi"], cell["noop"]
+                rows.append([key.replace("@", " seq="), "triton gRPC", f"{s['median_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                             f"{m['median_ms']:.3f}", f"{m['p99_ms']:.3f}", speedup(s["median_ms"], m["median_ms"]),
+                             ]) 
+                rows[-1].append(f"{n['median_ms']:.3f}")
+        header = ["regime", "measured on", "single p50 ms", "single p99 ms", "multi p50 ms", "multi p99 ms",
+                  "speedup (p50)", "no-op p50 ms"]
+        rows = [r + [""] * (len(header) - len(r)) for r in rows]
+        lines += ["## Per-call latency", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        mem = eng["memory"]
+        lines += ["", "## GPU memory of each engine (allocated by PyTorch, after warming every regime)", "",
+                  "| engine | resident MiB | peak MiB |", "|---|---|---|"]
+        lines += [f"| {k} | {v['resident_bytes'] / 2**20:.0f} | {v['peak_bytes'] / 2**20:.0f} |" for k, v in mem.items()]
+        lines += [f"", f"multi/single peak: {mem['multi']['peak_bytes'] / mem['single']['peak_bytes']:.3f}x; "
+                  f"weights {eng['weights_shared']['weight_bytes'] / 2**20:.0f} MiB held once for "
+                  f"{eng['weights_shared']['profiles']} profiles", ""]
+        lines += ["## Correctness vs HF eager (same weights, same dtype)", "",
+                  "| regime | inputs | top-1 agreement | max abs logit diff |", "|---|---|---|---|"]
+        for regime, c in eng["correctness"]["multi"].items():
+            lines.append(f"| {regime} | {c['n']} | {c['top1_agreement']:.1%} | {c['max_abs_diff']:.4f} |")
+    if tri:
+        load = tri["load"]
+        lines += ["", f"## Through Triton", "", f"- server start-up (process start to ready): {tri['startup_s']:.1f} s",
+                  f"- load run: {load.get('concurrency')} clients, {load.get('duration_s')} s, mixed 90% decode / 10% prefill(128)",
+                  "", "```", json.dumps(load, indent=1)[:3000], "```", "",
+                  f"- memory at start: host RSS {tri['memory_start']['host_rss_bytes'] / 2**20:.0f} MiB, GPU used "
+                  f"{(tri['memory_start']['gpu_used_bytes'] or 0) / 2**20:.0f} MiB",
+                  f"- memory at end:   host RSS {tri['memory_end']['host_rss_bytes'] / 2**20:.0f} MiB, GPU used "
+                  f"{(tri['memory_end']['gpu_used_bytes'] or 0) / 2**20:.0f} MiB"]
+    return "\n".join(lines) + "\n", state
+
+
+def plot(state: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (where, data) in zip(axes, (("engine alone", state.get("engine")), ("through Triton (gRPC)", state.get("triton")))):
+        if not data:
+            ax.set_visible(False)
+            continue
+        keys = list(data["latency"])
+        x = np.arange(len(keys))
+        for j, k in enumerate(("single", "multi")):
+            ax.bar(x + (j - 0.5) * 0.4, [data["latency"][r][k]["median_ms"] for r in keys], 0.4, label=f"{k}-profile")
+        ax.set_xticks(x, [r.replace("@", "\nseq=") for r in keys])
+        ax.set_ylabel("median ms per call")
+        ax.set_yscale("log")
+        ax.set_title(where)
+        ax.legend()
+    fig.suptitle(f"{state['env']['gpu']}: {state['env']['manifest']['model']} {state['env']['manifest']['dtype']}, batch 1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Benchmark single- vs multi-profile engines on the GPU.")
+    p.add_argument("--phase", choices=("engine", "triton", "report", "all"), default="all",
+                   help="engine alone, through Triton, or write the report from saved results")
+    p.add_argument("--prefill-seqs", type=lambda s: [int(x) for x in s.split(",")], default=[128, 256, 512],
+                   help="comma-separated prefill lengths")
+    p.add_argument("--iters", type=int, default=200, help="timed calls per engine and regime")
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls per engine and regime")
+    p.add_argument("--correctness-n", type=int, default=200, help="random inputs per regime for the eager comparison")
+    p.add_argument("--load-s", type=float, default=60.0, help="duration of the mixed load run")
+    p.add_argument("--load-concurrency", type=int, default=16, help="concurrent clients in the load run")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where the results are written")
+    a = p.parse_args(argv)
+    if a.phase in ("engine", "all") and not torch.cuda.is_available():
+        raise SystemExit("the benchmark needs a CUDA GPU (CI has none)")
+    STATE.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(STATE.read_text()) if STATE.is_file() and a.phase != "all" else {}
+    state["env"] = environment("make bench  # python -m llmprofiles.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    if a.phase in ("engine", "all"):
+        state["engine"] = phase_engine(a)
+        STATE.write_text(json.dumps(state))
+    if a.phase in ("triton", "all"):
+        state["triton"] = phase_triton(a)
+        STATE.write_text(json.dumps(state))
+    md, data = report(state)
+    stem = a.out_dir / f"{state['env']['date']}-{state['env']['gpu'].replace(' ', '-').lower()}"
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(md)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    try:
+        plot(state, stem.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib missing: no plot", flush=True)
+    print(md)
+    print(json.dumps({"results": str(stem) + ".md", "engine": bool(state.get("engine")), "triton": bool(state.get("triton"))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""GPU-only: the torch-compile runtime on CUDA (tiny model). Skips without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmprofiles.build import build
+from llmprofiles.engine import load_engine
+from llmprofiles.models import LastTokenLM, default_position_ids, load_model
+from llmprofiles.runtime_portable import StaticGraphRunner
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("repo") / "llm"
+    build("tiny", "multi", "torch-compile", "cuda", "float16", model_dir)
+    return load_engine(model_dir / "1", "cuda:0")
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return LastTokenLM(load_model("tiny", torch.float16, "cuda"))
+
+
+@pytest.mark.parametrize("seq, expected", [(1, 0), (2, 1), (256, 1), (512, 1)])
+def test_first_fit_on_cuda(engine, seq, expected):
+    ids = torch.randint(0, engine.vocab_size, (1, seq))
+    assert engine.select({"input_ids": ids.shape, "position_ids": ids.shape}) == expected
+
+
+def test_decode_profile_is_a_cuda_graph(engine):
+    assert isinstance(engine.runners[0], StaticGraphRunner) and engine.runners[0].graph is not None
+
+
+@pytest.mark.parametrize("seq", [1, 17, 256, 512])
+def test_logits_match_eager_fp16(engine, eager, seq):
+    for trial in range(5):
+        ids = torch.randint(0, engine.vocab_size, (1, seq), generator=torch.Generator().manual_seed(trial))
+        pos = default_position_ids(ids)
+        got = engine.run(engine.select({"input_ids": ids.shape, "position_ids": pos.shape}), ids, pos).float()
+        with torch.no_grad():
+            ref = eager(ids.cuda(), pos.cuda()).float()
+        torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
+        assert got.argmax() == ref.argmax()
+
+
+def test_replayed_graph_follows_new_inputs(engine, eager):
+    outs = []
+    for token in (3, 4):
+        ids = torch.tensor([[token]])
+        outs.append(engine.run(0, ids, default_position_ids(ids)))
+    assert not torch.equal(outs[0], outs[1])
+
+
+def test_profiles_share_one_copy_of_the_weights(engine):
+    assert all(getattr(r.fn, "_orig_mod", None) is engine.wrapper for r in engine.runners)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.wrapper.parameters())
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    second = load_engine(engine.version_dir, "cuda:0")
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
+    del second
+    # Two profiles, weights held once: plus graph pools and workspaces, far below two copies.
+    assert held < 1.3 * weight_bytes + 32 * 2**20, (held, weight_bytes)
