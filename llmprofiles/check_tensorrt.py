@@ -70,8 +70,13 @@ def request(seq: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, t
 
 def run_checks(model: str, model_dir: Path, report: Report) -> None:
     device = torch.device("cuda")
-    build(model, "multi", "tensorrt", "cuda", "float16", model_dir, force=True)
-    engine = load_engine(model_dir / "1", device)
+    try:
+        build(model, "multi", "tensorrt", "cuda", "float16", model_dir, force=True)
+        engine = load_engine(model_dir / "1", device)
+    except Exception as e:  # the first contact with real TensorRT: report it like any other check
+        report.check("build and load the TensorRT engine", False, f"{type(e).__name__}: {e}")
+        return
+    report.check("build and load the TensorRT engine", True, f"{model_dir}")
 
     table = read_profile_table(engine.trt, engine.cuda_engine, MULTI.names)
     problems = profile_mismatches(table, MULTI)
@@ -81,15 +86,22 @@ def run_checks(model: str, model_dir: Path, report: Report) -> None:
     chosen = {seq: engine.select({"input_ids": (1, seq), "position_ids": (1, seq)}) for seq in EXPECTED}
     report.check("ordered first-fit choices for seq 1, 2, 256, 512 are 0, 1, 1, 1", chosen == EXPECTED, f"{chosen}")
 
+    too_long = {"input_ids": (1, REJECTED_SEQ), "position_ids": (1, REJECTED_SEQ)}
     try:
-        engine.select({"input_ids": (1, REJECTED_SEQ), "position_ids": (1, REJECTED_SEQ)})
-        report.check(f"seq {REJECTED_SEQ} is rejected", False, "a profile was chosen")
+        engine.select(too_long)
+        report.check(f"seq {REJECTED_SEQ} is rejected by selection", False, "a profile was chosen")
     except SelectionError as e:
-        report.check(f"seq {REJECTED_SEQ} is rejected", True, str(e))
+        report.check(f"seq {REJECTED_SEQ} is rejected by selection", True, str(e))
+    try:
+        engine.run(1, *request(REJECTED_SEQ, engine.vocab_size, device))
+        report.check(f"seq {REJECTED_SEQ} forced onto prefill is rejected before TensorRT", False, "it ran")
+    except SelectionError as e:
+        report.check(f"seq {REJECTED_SEQ} forced onto prefill is rejected before TensorRT", True, str(e))
 
     eager = models.LastTokenLM(models.load_model(model, torch.float16, device))
     vocab = engine.vocab_size
-    for seq in (*EXPECTED, 1):  # the final seq 1 follows prefills: decode must be pinned again
+    # The last seq 1 follows prefills: decode must be pinned again (first-fit is not sticky).
+    for label, seq in [*((f"seq {s}", s) for s in EXPECTED), ("seq 1 after prefill", 1)]:
         index = engine.select({"input_ids": (1, seq), "position_ids": (1, seq)})
         ids, pos = request(seq, vocab, device)
         with torch.no_grad():
@@ -97,11 +109,11 @@ def run_checks(model: str, model_dir: Path, report: Report) -> None:
             want = eager(ids, pos).float()
         torch.cuda.synchronize()
         active = engine.context.active_optimization_profile  # TensorRT 10/11, read from TensorRT itself
-        report.check(f"seq {seq}: TensorRT's active profile is the chosen one", active == index,
+        report.check(f"{label}: TensorRT's active profile is the chosen one", active == index,
                      f"chosen {index}, TensorRT active {active}")
         err = (got - want).abs()
         ok = got.shape == want.shape and bool((err <= ATOL + RTOL * want.abs()).all())
-        report.check(f"seq {seq}: logits match eager fp16 within atol {ATOL}, rtol {RTOL}", ok,
+        report.check(f"{label}: logits match eager fp16 within atol {ATOL}, rtol {RTOL}", ok,
                      f"max |diff| {err.max().item():.4f}, max |eager| {want.abs().max().item():.3f}")
 
 

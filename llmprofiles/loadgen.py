@@ -100,9 +100,7 @@ def expected_profile(profile_set: str, seq: int, profile: str | int = AUTO) -> i
     return select_profile(PROFILE_SETS[profile_set], phase_shapes(profile_set, seq), profile)
 
 
-def profile_label(profile_set: str, index: int | None) -> str:
-    if index is None:
-        return "-"
+def profile_label(profile_set: str, index: int) -> str:
     names = PROFILE_SETS[profile_set].names
     return f"{index} ({names[index]})" if 0 <= index < len(names) else f"{index} (unknown)"
 
@@ -210,6 +208,9 @@ class Stats:
 
     def error(self, message: str) -> None:
         self.errors += 1
+        self._sample(message)
+
+    def _sample(self, message: str) -> None:
         if len(self.error_samples) < MAX_ERROR_SAMPLES and message not in self.error_samples:
             self.error_samples.append(message)
 
@@ -226,9 +227,8 @@ class Stats:
         self.served += other.served
         self.errors += other.errors
         self.mismatches += other.mismatches
-        for m in other.error_samples:
-            if len(self.error_samples) < MAX_ERROR_SAMPLES and m not in self.error_samples:
-                self.error_samples.append(m)
+        for message in other.error_samples:
+            self._sample(message)
 
     def summary(self, wall_s: float | None = None) -> dict:
         p50, p90, p99 = percentiles(self.latencies_ms)
@@ -254,11 +254,11 @@ def run_load(url: str, protocol: str, model: str, *, decode_fraction: float = 1.
     """Drive ``model`` with ``concurrency`` threads; one result dict, per phase and in total.
 
     ``decode_fraction`` mixes the phases (1.0 decode only, 0.0 prefill only).
-    Exactly one of ``requests`` / ``duration_s`` bounds the run; ``duration_s``
-    wins when both are given. Each thread sends ``warmup`` untimed calls per phase
-    before the clock starts. ``vocab`` defaults to the logits width the server
-    returns. Raises SelectionError before sending anything when ``profile``
-    cannot serve a phase's shapes.
+    ``requests`` (in total, over all threads) bounds the run unless ``duration_s``
+    is given; requests in flight at the deadline still count. Each thread sends
+    ``warmup`` untimed calls per phase before the clock starts. ``vocab``
+    defaults to the logits width the server returns. Raises SelectionError
+    before sending anything when ``profile`` cannot serve a phase's shapes.
     """
     if not 0.0 <= decode_fraction <= 1.0:
         raise ValueError(f"decode_fraction {decode_fraction} is outside [0, 1]")

@@ -180,6 +180,7 @@ def test_export_over_union_envelope_serves_decode_and_prefill_shapes():
             torch.testing.assert_close(module(ids, pos), wrapper(ids, pos), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.tensorrt
 def test_profiled_torch_tensorrt_inputs_construct_with_every_profile():
     pytest.importorskip("torch_tensorrt", reason="torch_tensorrt (needs TensorRT) is not importable here",
                         exc_type=ImportError)
@@ -188,6 +189,14 @@ def test_profiled_torch_tensorrt_inputs_construct_with_every_profile():
         assert len(inp.profiles) == len(MULTI)
         assert tuple(inp.shape["min_shape"]) == MULTI.envelope()[spec.name].min
         assert tuple(inp.shape["max_shape"]) == MULTI.envelope()[spec.name].max
+
+
+def test_check_tensorrt_without_tensorrt_exits_2_naming_the_package(monkeypatch, capsys):
+    from llmprofiles import check_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert check_tensorrt.main([]) == 2
+    assert "`tensorrt`" in capsys.readouterr().err
 
 
 # --- load: the engine's table, checked against the manifest -------------------------------
@@ -320,6 +329,16 @@ def test_logits_are_the_engine_output_for_the_request_inputs(engine):
         logits = engine.run(engine.select(shapes(seq)), ids, pos)
         assert logits.shape == (1, VOCAB) and logits.dtype == torch.float32
         assert torch.equal(logits.double(), standin.expected_logits(ids, pos, VOCAB))
+
+
+def test_requests_through_the_handler_are_served_by_first_fit_on_the_engine(engine):
+    from llmprofiles.serving import BadRequest, RequestHandler
+
+    handler = RequestHandler(engine)
+    assert [handler(*request(seq), None).profile_index for seq in (1, 64, 1)] == [DECODE, PREFILL, DECODE]
+    assert engine.context.executed_profiles == [DECODE, PREFILL, DECODE]
+    with pytest.raises(BadRequest, match="fit no optimization profile"):
+        handler(*request(513), None)
 
 
 def test_int32_engine_inputs_receive_converted_token_ids(trt, tmp_path):
