@@ -218,7 +218,7 @@ def phase_triton(args) -> dict:
 
 # --- report -----------------------------------------------------------------
 
-def environment(cmd: str) -> dict:
+def environment() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     driver = None
     try:
@@ -230,7 +230,7 @@ def environment(cmd: str) -> dict:
 
     return {"gpu": gpu, "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": datetime.date.today().isoformat(), "command": cmd,
+            "date": datetime.date.today().isoformat(),
             "manifest": {k: read_manifest(REPO / "llm" / "1", verify=False)[k] for k in ("model", "dtype", "runtime")}}
 
 
@@ -244,7 +244,8 @@ def report(state: dict) -> tuple[str, dict]:
              f"- date {env['date']}; driver {env['driver']}; torch {env['torch']} (CUDA {env['cuda']}); "
              f"transformers {env['transformers']}; Python {env['python']}",
              f"- model {env['manifest']['model']}, {env['manifest']['dtype']}, runtime {env['manifest']['runtime']}, batch 1",
-             f"- command: `{env['command']}`", ""]
+             "- commands (after `make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda`):",
+             *(f"  - {phase}: `{cmd}`" for phase, cmd in state.get("commands", {}).items()), ""]
     if eng:
         rows = []
         for key, cell in eng["latency"].items():
@@ -274,6 +275,8 @@ def report(state: dict) -> tuple[str, dict]:
                   "| regime | inputs | top-1 agreement | max abs logit diff |", "|---|---|---|---|"]
         for regime, c in eng["correctness"]["multi"].items():
             lines.append(f"| {regime} | {c['n']} | {c['top1_agreement']:.1%} | {c['max_abs_diff']:.4f} |")
+    lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in targets(state)]
     if tri:
         load = tri["load"]
         lines += ["", f"## Through Triton", "", f"- server start-up (process start to ready): {tri['startup_s']:.1f} s",
@@ -284,6 +287,50 @@ def report(state: dict) -> tuple[str, dict]:
                   f"- memory at end:   host RSS {tri['memory_end']['host_rss_bytes'] / 2**20:.0f} MiB, GPU used "
                   f"{(tri['memory_end']['gpu_used_bytes'] or 0) / 2**20:.0f} MiB"]
     return "\n".join(lines) + "\n", state
+
+
+def targets(state: dict) -> list[list[str]]:
+    """The issue's targets against what this run measured: [target, measured, verdict]."""
+    eng, tri = state.get("engine"), state.get("triton")
+    rows = []
+
+    def row(name: str, measured: str, ok: bool) -> None:
+        rows.append([name, measured, "met" if ok else "MISSED"])
+
+    if eng:
+        lat = eng["latency"]
+        d = lat["decode@1"]
+        row("decode, multi vs single (engine, median) >= 3x", speedup(d["single"]["median_ms"], d["multi"]["median_ms"]),
+            d["single"]["median_ms"] / d["multi"]["median_ms"] >= 3)
+        for key, cell in lat.items():
+            if key.startswith("prefill"):
+                r = cell["single"]["median_ms"] / cell["multi"]["median_ms"]
+                row(f"{key.replace('@', ' seq=')}, multi vs single >= 0.98x", f"{r:.3f}x", r >= 0.98)
+        row("decode on the engine alone <= 1.0 ms (median)", f"{d['multi']['median_ms']:.3f} ms", d["multi"]["median_ms"] <= 1.0)
+        mem = eng["memory"]
+        r = mem["multi"]["peak_bytes"] / mem["single"]["peak_bytes"]
+        row("GPU memory multi <= 1.1x single (peak)", f"{r:.3f}x", r <= 1.1)
+        for regime, c in eng["correctness"]["multi"].items():
+            row(f"{regime}: top-1 agreement with HF eager >= 99% over 200 inputs",
+                f"{c['top1_agreement']:.1%} over {c['n']}", c["top1_agreement"] >= 0.99 and c["n"] >= 200)
+        if tri:
+            t = tri["latency"]["decode@1"]
+            bound = d["multi"]["median_ms"] + t["noop"]["median_ms"] + 0.2
+            for key, cell in tri["latency"].items():
+                if key.startswith("prefill"):
+                    r = cell["single"]["median_ms"] / cell["multi"]["median_ms"]
+                    row(f"{key.replace('@', ' seq=')} through Triton, multi vs single >= 0.98x", f"{r:.3f}x", r >= 0.98)
+            row("decode through Triton p50 <= engine + no-op round trip + 0.2 ms",
+                f"{t['multi']['median_ms']:.3f} ms (bound {bound:.3f})", t["multi"]["median_ms"] <= bound)
+    if tri:
+        total = tri["load"]["total"]
+        row("load run: zero errors, zero profile mismatches", f"{total['errors']} errors, {total['mismatches']} mismatches",
+            total["errors"] == 0 and total["mismatches"] == 0)
+        drift = tri["memory_end"]["host_rss_bytes"] - tri["memory_start"]["host_rss_bytes"]
+        gdrift = (tri["memory_end"]["gpu_used_bytes"] or 0) - (tri["memory_start"]["gpu_used_bytes"] or 0)
+        row("load run: memory flat", f"host RSS {drift / 2**20:+.0f} MiB, GPU {gdrift / 2**20:+.0f} MiB over the run",
+            abs(drift) < 64 * 2**20 and abs(gdrift) < 64 * 2**20)
+    return rows
 
 
 def plot(state: dict, path: Path) -> None:
@@ -328,7 +375,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the benchmark needs a CUDA GPU (CI has none)")
     STATE.parent.mkdir(parents=True, exist_ok=True)
     state = json.loads(STATE.read_text()) if STATE.is_file() and a.phase != "all" else {}
-    state["env"] = environment("make bench  # python -m llmprofiles.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = "python -m llmprofiles.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.phase != "report":  # the report phase rewrites saved results, wherever it runs
+        state["env"] = environment()
+        state.setdefault("commands", {})[a.phase] = command
     if a.phase in ("engine", "all"):
         state["engine"] = phase_engine(a)
         STATE.write_text(json.dumps(state))
