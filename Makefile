@@ -37,8 +37,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 build: $(SETUP)  ## build the multi-profile engine (llm) and the single-profile baseline (llm_single)
-	$(PY) -m llmprofiles.build $(BUILD_ARGS) --profile-set multi --out model_repository/llm
-	$(PY) -m llmprofiles.build $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
+	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set multi --out model_repository/llm
+	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
 
 serve: build  ## run tritonserver in the foreground on 127.0.0.1
 	$(PY) -m llmprofiles.triton --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)

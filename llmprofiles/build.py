@@ -5,7 +5,7 @@ chosen runtime specialise every profile, and writes the artifacts, a manifest
 and the model's ``config.pbtxt``. Skips the work when nothing it depends on
 changed.
 
-Run::
+Run (``make build`` calls it through build/build_engine.py)::
 
     python -m llmprofiles.build --model tiny --profile-set multi --out model_repository/llm
 """
@@ -150,6 +150,15 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
     if runtime == "aoti" and device_t.type == "cuda":
         # AOTInductor CUDA packages segfault at load on the H200 machine (see README).
         raise SystemExit("RUNTIME=aoti is CPU-only here; use RUNTIME=torch-compile on CUDA")
+    if runtime == "tensorrt":  # fail before minutes of loading and exporting
+        from llmprofiles.runtime_tensorrt import import_tensorrt, import_torch_tensorrt
+
+        if device_t.type != "cuda":
+            raise SystemExit("RUNTIME=tensorrt builds on a GPU only; use DEVICE=cuda")
+        try:
+            import_torch_tensorrt(), import_tensorrt()
+        except EngineLoadError as e:
+            raise SystemExit(str(e)) from None
     version_dir = model_dir / "1"
     inputs = {
         "source": source_fingerprint(source), "profiles": profiles.to_dict(), "runtime": runtime,
@@ -178,12 +187,15 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
         wrapper = models.LastTokenLM(hf)
     with step(f"export over the union envelope {[r.describe() for r in profiles.envelope().values()][0]}"):
         exported = export(wrapper, profiles.envelope(), hf.config.vocab_size, device_t)
-    with step("save weights (one copy, shared by every profile)"):
-        from safetensors.torch import save_file
+    (version_dir / MODEL_CONFIG).write_text(hf.config.to_json_string())
+    aliases, saved = {}, [MODEL_CONFIG]
+    if runtime != "tensorrt":  # a TensorRT engine carries its own weights
+        with step("save weights (one copy, shared by every profile)"):
+            from safetensors.torch import save_file
 
-        tensors, aliases = unique_weights(exported)
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(version_dir / WEIGHTS))
-        (version_dir / MODEL_CONFIG).write_text(hf.config.to_json_string())
+            tensors, aliases = unique_weights(exported)
+            save_file({k: v.cpu() for k, v in tensors.items()}, str(version_dir / WEIGHTS))
+            saved.append(WEIGHTS)
     ctx = BuildContext(wrapper, exported, profiles, version_dir, DTYPES[dtype], device_t, runtime)
     if runtime == "tensorrt":
         from llmprofiles.runtime_tensorrt import build_tensorrt as build_runtime
@@ -194,7 +206,7 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
         "inputs_hash": inputs_hash, "model": source, "profile_set": profile_set, "profiles": profiles.to_dict(),
         "runtime": runtime, "device": device_t.type, "dtype": dtype, "vocab_size": hf.config.vocab_size,
         "versions": inputs["versions"], "weight_aliases": aliases, **extra,
-    }, [WEIGHTS, MODEL_CONFIG, *artifacts])
+    }, [*saved, *artifacts])
     write_triton_config(model_dir, profiles, DTYPES[dtype], device_t)
     print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
     return manifest
