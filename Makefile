@@ -14,6 +14,8 @@ METRICS_PORT ?= 8002
 # A CPU build: a loose `torch` pulls several GB of CUDA wheels.
 TORCH_SPEC   ?= torch==2.13.0
 PYTRITON     ?= nvidia-pytriton==0.7.0
+BENCH_MODEL  ?= gemma-3-1b
+BENCH_ARGS   ?=
 
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export PYTHONUNBUFFERED := 1
@@ -49,8 +51,9 @@ demo: build  ## start the server, drive decode + prefill traffic, print the comp
 test: build  ## unit, model.py and integration tests (the fixture starts tritonserver)
 	$(PY) -m pytest -q
 
-bench: $(SETUP)  ## GPU benchmark: engine alone and through Triton, writes bench/results/
-	$(PY) -m llmprofiles.bench --model $(MODEL)
+bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Triton, writes bench/results/
+	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
+	$(PY) -m llmprofiles.bench $(BENCH_ARGS)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
 	$(PY) -m llmprofiles.check_tensorrt

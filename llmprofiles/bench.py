@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmprofiles.loadgen import Caller, format_table, percentiles, run_load
+from llmprofiles.loadgen import Caller, percentiles, run_load
 from llmprofiles.manifest import read_manifest
 
 REPO = Path("model_repository")
@@ -268,7 +267,7 @@ def report(state: dict) -> tuple[str, dict]:
         lines += ["", "## GPU memory of each engine (allocated by PyTorch, after warming every regime)", "",
                   "| engine | resident MiB | peak MiB |", "|---|---|---|"]
         lines += [f"| {k} | {v['resident_bytes'] / 2**20:.0f} | {v['peak_bytes'] / 2**20:.0f} |" for k, v in mem.items()]
-        lines += [f"", f"multi/single peak: {mem['multi']['peak_bytes'] / mem['single']['peak_bytes']:.3f}x; "
+        lines += ["", f"multi/single peak: {mem['multi']['peak_bytes'] / mem['single']['peak_bytes']:.3f}x; "
                   f"weights {eng['weights_shared']['weight_bytes'] / 2**20:.0f} MiB held once for "
                   f"{eng['weights_shared']['profiles']} profiles", ""]
         lines += ["## Correctness vs HF eager (same weights, same dtype)", "",
@@ -279,7 +278,7 @@ def report(state: dict) -> tuple[str, dict]:
     lines += ["| " + " | ".join(r) + " |" for r in targets(state)]
     if tri:
         load = tri["load"]
-        lines += ["", f"## Through Triton", "", f"- server start-up (process start to ready): {tri['startup_s']:.1f} s",
+        lines += ["", "## Through Triton", "", f"- server start-up (process start to ready): {tri['startup_s']:.1f} s",
                   f"- load run: {load.get('concurrency')} clients, {load.get('duration_s')} s, mixed 90% decode / 10% prefill(128)",
                   "", "```", json.dumps(load, indent=1)[:3000], "```", "",
                   f"- memory at start: host RSS {tri['memory_start']['host_rss_bytes'] / 2**20:.0f} MiB, GPU used "

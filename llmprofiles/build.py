@@ -13,7 +13,6 @@ Run (``make build`` calls it through build/build_engine.py)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys

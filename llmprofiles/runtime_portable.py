@@ -101,7 +101,7 @@ def load_aoti(version_dir: Path, manifest: dict[str, Any], device: torch.device)
 class StaticGraphRunner:
     """A static-shape profile compiled for its exact shape and replayed as a CUDA graph."""
 
-    def __init__(self, fn: Callable, shape: tuple[int, ...], device: torch.device, vocab: int):
+    def __init__(self, fn: Callable, shape: tuple[int, ...], device: torch.device):
         self.ids = torch.zeros(shape, dtype=torch.int64, device=device)
         self.pos = models.default_position_ids(self.ids).contiguous()
         self.graph = None
@@ -149,7 +149,7 @@ class CompiledEngine(Engine):
             t0 = time.perf_counter()
             if r.is_static:
                 fn = torch.compile(wrapper, dynamic=False, mode=mode, fullgraph=True)
-                runner = StaticGraphRunner(fn, r.min, device, self.vocab_size) if cuda_graphs else DynamicRunner(fn)
+                runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
             else:
                 runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True))
             # Warm at the profile's opt first (the size hint the kernels are tuned

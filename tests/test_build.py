@@ -1,0 +1,62 @@
+"""The build step on CPU without compiling: local HF dirs, rebuild-only-on-change, artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmprofiles.build import build
+from llmprofiles.manifest import read_manifest
+from llmprofiles.models import load_model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A real Hugging Face model directory (the tiny preset saved with save_pretrained)."""
+    path = tmp_path_factory.mktemp("hf") / "tiny-gemma3"
+    load_model("tiny", torch.float32).save_pretrained(path)
+    return path
+
+
+def build_from(source, model_dir, **kw):
+    # torch-compile artifacts on CPU are weights + config: no compile at build time.
+    return build(str(source), "multi", "torch-compile", "cpu", "float32", model_dir, **kw)
+
+
+def test_local_hf_dir_builds_its_own_weights(hf_dir, tmp_path):
+    manifest = build_from(hf_dir, tmp_path / "llm")
+    assert manifest["model"] == str(hf_dir)
+    saved = load_file(str(tmp_path / "llm" / "1" / "weights.safetensors"))
+    source = load_model(str(hf_dir), torch.float32)
+    w = "model.model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(saved[w], source.state_dict()[w.removeprefix("model.")])
+    assert manifest["profiles"]["names"] == ["decode", "prefill"]
+    assert set(manifest["files"]) == {"weights.safetensors", "model_config.json"}
+
+
+def test_unchanged_inputs_skip_the_rebuild(hf_dir, tmp_path, capsys):
+    first = build_from(hf_dir, tmp_path / "llm")
+    stamp = (tmp_path / "llm" / "1" / "weights.safetensors").stat().st_mtime_ns
+    second = build_from(hf_dir, tmp_path / "llm")
+    assert "up to date" in capsys.readouterr().out
+    assert second["content_hash"] == first["content_hash"]
+    assert (tmp_path / "llm" / "1" / "weights.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_changed_model_dir_triggers_a_rebuild(hf_dir, tmp_path, capsys):
+    build_from(hf_dir, tmp_path / "llm")
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps(config, indent=1))  # same model, new file: must rebuild
+    capsys.readouterr()
+    build_from(hf_dir, tmp_path / "llm")
+    assert "building" in capsys.readouterr().out
+
+
+def test_build_writes_triton_config_and_a_verifiable_manifest(tmp_path):
+    build("tiny", "single", "torch-compile", "cpu", "float32", tmp_path / "llm_single")
+    assert read_manifest(tmp_path / "llm_single" / "1")["profile_set"] == "single"
+    config = (tmp_path / "llm_single" / "config.pbtxt").read_text()
+    assert "KIND_CPU" in config and 'string_value: "prefill"' in config
