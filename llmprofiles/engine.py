@@ -34,10 +34,12 @@ class Engine:
 
     def run(self, profile_index: int, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Last-position logits ``[batch, vocab]`` from profile ``profile_index``."""
+        if isinstance(profile_index, bool) or not isinstance(profile_index, int):
+            raise TypeError(f"profile index must be an int, got {profile_index!r}")
         if not 0 <= profile_index < len(self.profiles):
             raise SelectionError(f"profile index {profile_index} out of range [0, {len(self.profiles) - 1}]")
         shapes = {"input_ids": tuple(input_ids.shape), "position_ids": tuple(position_ids.shape)}
-        if not self.profiles.fits(profile_index, shapes):
+        if shapes["input_ids"] != shapes["position_ids"] or not self.profiles.fits(profile_index, shapes):
             raise SelectionError(f"shapes {shapes} are outside profile {self.profiles.describe(profile_index)}")
         return self._forward(profile_index, input_ids.to(self.device), position_ids.to(self.device))
 
@@ -49,7 +51,7 @@ def load_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> 
     """Load the engine in ``version_dir`` with the runtime its manifest names."""
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
-    runtime = manifest["runtime"]
+    runtime = manifest.get("runtime")
     device = torch.device(device)
     log.info("loading %s engine from %s on %s", runtime, version_dir, device)
     if runtime in ("aoti", "torch-compile"):

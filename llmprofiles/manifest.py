@@ -37,7 +37,7 @@ def sha256_json(obj: Any) -> str:
 def write_manifest(version_dir: Path, fields: dict[str, Any], artifacts: list[str]) -> dict[str, Any]:
     """Hash ``artifacts`` (names inside ``version_dir``) and write the manifest."""
     files = {name: sha256_file(version_dir / name) for name in artifacts}
-    manifest = {"format_version": FORMAT_VERSION, **fields, "files": files, "content_hash": sha256_json(files)}
+    manifest = {**fields, "format_version": FORMAT_VERSION, "files": files, "content_hash": sha256_json(files)}
     tmp = version_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(version_dir / MANIFEST)

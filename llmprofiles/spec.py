@@ -83,7 +83,7 @@ class InputSpec:
             where = f"input {self.name!r}, profile {i}"
             for field in ("min", "opt", "max"):
                 dims = getattr(r, field)
-                if not isinstance(dims, tuple) or not all(isinstance(d, int) for d in dims):
+                if not isinstance(dims, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
                     raise TypeError(f"{where}: {field}_shape must be a tuple of ints, got {dims!r}")
                 if len(dims) != rank:
                     raise ValueError(

@@ -1,0 +1,45 @@
+"""The Engine boundary refuses anything it cannot run exactly as asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmprofiles.engine import load_engine
+from llmprofiles.manifest import EngineLoadError, write_manifest
+from llmprofiles.profile_sets import MULTI
+from llmprofiles.selection import SelectionError
+
+from test_serving import FakeEngine
+
+
+def ids(seq: int) -> torch.Tensor:
+    return torch.zeros(1, seq, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("index", [True, 1.0, "1"])
+def test_non_int_profile_index_raises_type_error(index):
+    engine = FakeEngine()
+    with pytest.raises(TypeError, match="profile index must be an int"):
+        engine.run(index, ids(2), ids(2))
+    assert engine.calls == []
+
+
+def test_mismatched_input_shapes_never_reach_the_engine():
+    engine = FakeEngine()
+    with pytest.raises(SelectionError):
+        engine.run(1, ids(4), ids(5))
+    assert engine.calls == []
+
+
+def test_manifest_without_runtime_fails_load_saying_make_build(tmp_path):
+    write_manifest(tmp_path, {"profiles": MULTI.to_dict()}, [])
+    with pytest.raises(EngineLoadError, match="unknown runtime None.*make build"):
+        load_engine(tmp_path)
+
+
+def test_manifest_fields_cannot_override_the_format_version(tmp_path):
+    write_manifest(tmp_path, {"profiles": MULTI.to_dict(), "format_version": 99}, [])
+    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == 1
