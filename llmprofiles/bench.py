@@ -200,7 +200,7 @@ def phase_triton(args) -> dict:
             models = {"noop": "noop", "single": MODELS["single"], "multi": MODELS["multi"]}
             samples = {k: [] for k in models}
             for _ in range(args.warmup):
-                for k, m in models.items():
+                for m in models.values():
                     caller(m, ids, pos)
             for _ in range(args.iters):
                 for k, m in models.items():
@@ -258,8 +258,7 @@ def report(state: dict) -> tuple[str, dict]:
                 s, m, n = cell["single"], cell["multi"], cell["noop"]
                 rows.append([key.replace("@", " seq="), "triton gRPC", f"{s['median_ms']:.3f}", f"{s['p99_ms']:.3f}",
                              f"{m['median_ms']:.3f}", f"{m['p99_ms']:.3f}", speedup(s["median_ms"], m["median_ms"]),
-                             ]) 
-                rows[-1].append(f"{n['median_ms']:.3f}")
+                             f"{n['median_ms']:.3f}"])
         header = ["regime", "measured on", "single p50 ms", "single p99 ms", "multi p50 ms", "multi p99 ms",
                   "speedup (p50)", "no-op p50 ms"]
         rows = [r + [""] * (len(header) - len(r)) for r in rows]

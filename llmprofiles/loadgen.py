@@ -31,13 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmprofiles.profile_sets import PROFILE_SETS
-from llmprofiles.selection import AUTO, select_profile
+from llmprofiles.selection import AUTO, PARAMETER, select_profile
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-PARAMETER = "optimization_profile"
 MAX_ERROR_SAMPLES = 5
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from llmprofiles.spec import ProfileSet
 
 AUTO = "auto"
+PARAMETER = "optimization_profile"  # the per-request Triton parameter carrying the choice
 
 
 class SelectionError(ValueError):

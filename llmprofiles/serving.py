@@ -15,9 +15,8 @@ import torch
 
 from llmprofiles.engine import Engine
 from llmprofiles.models import default_position_ids
-from llmprofiles.selection import AUTO, SelectionError
+from llmprofiles.selection import AUTO, PARAMETER, SelectionError
 
-PARAMETER = "optimization_profile"
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
