@@ -53,7 +53,7 @@ test: build  ## unit, model.py and integration tests (the fixture starts tritons
 
 bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Triton, writes bench/results/
 	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
-	$(PY) -m llmprofiles.bench $(BENCH_ARGS)
+	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m llmprofiles.bench $(BENCH_ARGS)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
 	$(PY) -m llmprofiles.check_tensorrt

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -40,6 +41,12 @@ def stats_ms(samples: list[float]) -> dict:
 
 def regimes(prefill_seqs: list[int]) -> list[tuple[str, int]]:
     return [("decode", 1)] + [("prefill", s) for s in prefill_seqs]
+
+
+def alternating(keys: list[str], it: int) -> list[str]:
+    """Call order for iteration ``it``: rotated each time, so no engine always runs right after another."""
+    shift = it % len(keys)
+    return keys[shift:] + keys[:shift]
 
 
 def inputs(seq: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +119,8 @@ def phase_engine(args) -> dict:
         for _ in range(args.warmup):
             for key in samples:
                 time_call(engines[key], ids, pos, device)
-        for _ in range(args.iters):
-            for key in samples:  # interleaved: noise hits both alike
+        for it in range(args.iters):
+            for key in alternating(list(samples), it):  # interleaved: noise hits both alike
                 samples[key].append(time_call(engines[key], ids, pos, device))
         latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
         print(f"engine {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
@@ -202,9 +209,9 @@ def phase_triton(args) -> dict:
             for _ in range(args.warmup):
                 for m in models.values():
                     caller(m, ids, pos)
-            for _ in range(args.iters):
-                for k, m in models.items():
-                    samples[k].append(caller(m, ids, pos).latency_ms)
+            for it in range(args.iters):
+                for k in alternating(list(models), it):
+                    samples[k].append(caller(models[k], ids, pos).latency_ms)
             latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
             print(f"triton {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
         caller.close()
@@ -245,7 +252,8 @@ def report(state: dict) -> tuple[str, dict]:
              f"- date {env['date']}; driver {env['driver']}; torch {env['torch']} (CUDA {env['cuda']}); "
              f"transformers {env['transformers']}; Python {env['python']}",
              f"- model {env['manifest']['model']}, {env['manifest']['dtype']}, runtime {env['manifest']['runtime']}, batch 1",
-             "- commands (after `make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda`):",
+             *([f"- run as `{state['make']}`, which builds (or finds up to date) both engines, then runs:"]
+               if state.get("make") else ["- commands (after `make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda`):"]),
              *(f"  - {phase}: `{cmd}`" for phase, cmd in state.get("commands", {}).items()), ""]
     if eng:
         rows = []
@@ -379,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.phase != "report":  # the report phase rewrites saved results, wherever it runs
         state["env"] = environment()
         state.setdefault("commands", {})[a.phase] = command
+        state["make"] = os.environ.get("BENCH_VIA_MAKE")  # set by `make bench`
     if a.phase in ("engine", "all"):
         state["engine"] = phase_engine(a)
         STATE.write_text(json.dumps(state))

@@ -114,7 +114,8 @@ def source_fingerprint(source: str) -> dict:
 
 def code_fingerprint(runtime: str) -> str:
     pkg = Path(__file__).parent
-    files = ["build.py", "models.py", "spec.py", "runtime_tensorrt.py" if runtime == "tensorrt" else "runtime_portable.py"]
+    runtime_files = ["runtime_tensorrt.py"] if runtime == "tensorrt" else ["runtime_portable.py", "fusion.py"]
+    files = ["build.py", "models.py", "spec.py", *runtime_files]
     return sha256_json({f: sha256_file(pkg / f) for f in files})
 
 

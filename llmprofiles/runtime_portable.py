@@ -8,9 +8,10 @@ Two ways to specialise each profile, both sharing one copy of the weights:
   every package as user-managed constants.
 - ``torch-compile`` (CUDA; also runs on CPU): one ``torch.compile`` per profile
   over the same module. A fully static profile (decode, seq == 1) is compiled
-  for that exact shape and replayed as a CUDA graph, which removes per-kernel
-  host overhead; a dynamic profile is compiled for its range and warmed at its
-  opt. ``make build`` saves the compiler's cache artifacts so serving starts warm.
+  for that exact shape (kernels autotuned for it) and replayed as a CUDA graph,
+  which removes per-kernel host overhead; a dynamic profile is compiled for its
+  range and warmed at its opt. Before compiling, sibling projections (q/k/v,
+  gate/up) are fused into one GEMM each (``fusion.py``). ``make build`` saves the compiler's cache artifacts so serving starts warm.
   (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from llmprofiles import models
+from llmprofiles import fusion, models
 from llmprofiles.engine import Engine
 from llmprofiles.manifest import EngineLoadError, profiles_of
 from llmprofiles.spec import ProfileSet
@@ -136,22 +137,33 @@ class DynamicRunner:
             return self.fn(input_ids, position_ids)
 
 
+# A static profile's kernels are autotuned for its one shape: matmul templates
+# (max_autotune) and the launch configs of the other kernels (coordinate descent).
+STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
+
+
 class CompiledEngine(Engine):
-    """All profiles are compiled views of one module, so the weights exist once."""
+    """All profiles are compiled views of one module, so the weights exist once.
+
+    The module is changed in place (its projections fused) and owned by the engine.
+    """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,
-                 cuda_graphs: bool = True, mode: str | None = "max-autotune-no-cudagraphs"):
+                 cuda_graphs: bool = True):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
+        fusion.fuse_projections(wrapper)
         self.wrapper = wrapper
         self.runners = []
         for i, name in enumerate(profiles.names):
             r = profiles.ranges(i)["input_ids"]
             t0 = time.perf_counter()
             if r.is_static:
-                fn = torch.compile(wrapper, dynamic=False, mode=mode, fullgraph=True)
+                fn = torch.compile(wrapper, dynamic=False, fullgraph=True,
+                                   options={**STATIC_OPTIONS, **fusion.compile_options()})
                 runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
             else:
-                runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True))
+                runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True,
+                                                     options=fusion.compile_options()))
             # Warm at the profile's opt first (the size hint the kernels are tuned
             # for), then at its ends: torch.compile specialises size 1 on its own.
             for shape in dict.fromkeys((r.opt, r.min, r.max)):

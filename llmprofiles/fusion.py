@@ -1,0 +1,122 @@
+"""One GEMM per group of sibling projections, for the compiled runtime.
+
+At batch 1 a decode step is a chain of small matrix-vector products, and each
+small product costs about as much in latency as in bytes: on the H200 the
+1152x256 ``k_proj`` of gemma-3-1b took as long as the 1152x6912 ``gate_proj``
+(autotune timings, 2026-11-29). q/k/v and gate/up read the same input, so each
+group becomes one product over the concatenated weights. The originals are
+dropped, so the weights are still held once, and every profile of the engine
+uses the fused module.
+
+Each projection keeps its name and becomes a slice of the group's product, so
+the model's own forward code runs unchanged. torch.compile traces that product
+once per slice; :class:`DedupeProducts` merges the identical copies, so the
+compiled graph computes it once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+# Projections that read the same input, in the order their outputs are concatenated.
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+
+class FusedLinear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ProjectionSlice(nn.Module):
+    """Columns ``[start, stop)`` of a :class:`FusedLinear`'s output: stands in for one projection."""
+
+    def __init__(self, fused: FusedLinear, start: int, stop: int):
+        super().__init__()
+        self.fused, self.start, self.stop = fused, start, stop
+        self.in_features, self.out_features = fused.weight.shape[1], stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)[..., self.start:self.stop]
+
+
+def _fusable(linears: list[Any]) -> bool:
+    first = linears[0]
+    return all(isinstance(m, nn.Linear) for m in linears) and all(
+        m.in_features == first.in_features and m.weight.dtype == first.weight.dtype
+        and m.weight.device == first.weight.device and (m.bias is None) == (first.bias is None)
+        for m in linears)
+
+
+@torch.no_grad()
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every group of :data:`GROUPS` found in ``model``, in place. Returns how many groups were fused."""
+    fused = 0
+    for module in list(model.modules()):
+        for group in GROUPS:
+            linears = [getattr(module, name, None) for name in group]
+            if not _fusable(linears):
+                continue
+            weight = torch.cat([m.weight for m in linears])
+            bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+            whole, start = FusedLinear(weight, bias), 0
+            for name, m in zip(group, linears):
+                setattr(module, name, ProjectionSlice(whole, start, start + m.out_features))
+                start += m.out_features
+            fused += 1
+    return fused
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return type(value).__name__, str(value)  # the same expression over the same symbols
+    return value
+
+
+class DedupeProducts(CustomGraphPass):
+    """Post-grad pass: merge identical matrix products and the views that feed them.
+
+    Only views and matmuls are merged: both are pure, and the post-grad graph is
+    still functional when custom pre-passes run.
+    """
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        seen: dict[tuple, torch.fx.Node] = {}
+        for node in list(graph.nodes):
+            target = node.target
+            if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+                continue
+            if not (target.is_view or target in MATMULS):
+                continue
+            key = (target, _frozen(node.args), _frozen(node.kwargs))
+            try:
+                hash(key)
+            except TypeError:  # e.g. a symbolic size in the args
+                continue
+            if key in seen:
+                node.replace_all_uses_with(seen[key])
+                graph.erase_node(node)
+            else:
+                seen[key] = node
+
+    def uuid(self) -> bytes:  # lets the FX graph cache (and `make build`'s saved artifacts) cover this pass
+        return get_hash_for_files((__file__,))
+
+
+def compile_options() -> dict[str, Any]:
+    return {"post_grad_custom_pre_pass": DedupeProducts()}

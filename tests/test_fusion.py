@@ -1,0 +1,83 @@
+"""Fused projections (one GEMM per q/k/v and gate/up group) and the pass that dedupes their products."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from llmprofiles.build import build
+from llmprofiles.engine import load_engine
+from llmprofiles.fusion import DedupeProducts, ProjectionSlice, fuse_projections
+from llmprofiles.models import LastTokenLM, default_position_ids, load_model
+
+MM = torch.ops.aten.mm.default
+
+
+def weight_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def test_fused_model_computes_the_same_logits_with_the_same_weight_bytes():
+    model = LastTokenLM(load_model("tiny", torch.float32))
+    ids = torch.randint(0, 32000, (1, 9), generator=torch.Generator().manual_seed(0))
+    pos = default_position_ids(ids)
+    with torch.no_grad():
+        before, bytes_before = model(ids, pos), weight_bytes(model)
+        layers = model.model.config.num_hidden_layers
+        assert fuse_projections(model) == 2 * layers
+        after = model(ids, pos)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert weight_bytes(model) == bytes_before  # originals dropped: still one copy
+    attn = model.model.model.layers[0].self_attn
+    assert isinstance(attn.k_proj, ProjectionSlice) and attn.k_proj.fused is attn.q_proj.fused
+    assert fuse_projections(model) == 0  # already fused: nothing left to fuse
+
+
+def test_mismatched_siblings_are_left_alone():
+    block = nn.Module()
+    block.q_proj, block.k_proj, block.v_proj = nn.Linear(8, 4), nn.Linear(8, 4, bias=False), nn.Linear(8, 4)
+    assert fuse_projections(block) == 0
+    assert isinstance(block.k_proj, nn.Linear)
+
+
+def count(graph: torch.fx.Graph, target) -> int:
+    return sum(1 for n in graph.nodes if n.target is target)
+
+
+def test_pass_merges_identical_products_and_keeps_the_result():
+    def f(x, w):
+        return (x @ w.t())[:, :2] + (x @ w.t())[:, 2:4]
+
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    gm = make_fx(f)(x, w)
+    assert count(gm.graph, MM) == 2
+    DedupeProducts()(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, MM) == 1
+    torch.testing.assert_close(gm(x, w), f(x, w))
+
+
+def test_pass_keeps_products_of_different_weights():
+    gm = make_fx(lambda x, a, b: x @ a.t() + x @ b.t())(torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5))
+    DedupeProducts()(gm.graph)
+    assert count(gm.graph, MM) == 2
+
+
+@pytest.fixture(scope="module")
+def compiled_engine(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("repo") / "llm"
+    build("tiny", "multi", "torch-compile", "cpu", "float32", model_dir)
+    return load_engine(model_dir / "1", "cpu")
+
+
+@pytest.mark.parametrize("seq", [1, 7, 130])
+def test_compiled_engine_on_cpu_matches_eager(compiled_engine, seq):
+    eager = LastTokenLM(load_model("tiny", torch.float32))
+    ids = torch.randint(0, 32000, (1, seq), generator=torch.Generator().manual_seed(seq))
+    pos = default_position_ids(ids)
+    got = compiled_engine.run(compiled_engine.select({"input_ids": ids.shape, "position_ids": pos.shape}), ids, pos)
+    with torch.no_grad():
+        torch.testing.assert_close(got, eager(ids, pos), atol=1e-4, rtol=1e-4)
+    assert isinstance(compiled_engine.wrapper.model.model.layers[0].mlp.up_proj, ProjectionSlice)
