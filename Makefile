@@ -19,10 +19,12 @@ BENCH_ARGS   ?=
 
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export PYTHONUNBUFFERED := 1
+# With PY=python3 the package is not installed: make it importable from the checkout.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE)
 
-.PHONY: help setup build serve demo test bench check-tensorrt clean
+.PHONY: help setup build serve demo test bench bench-decode check-tensorrt clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -54,6 +56,9 @@ test: build  ## unit, model.py and integration tests (the fixture starts tritons
 bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Triton, writes bench/results/
 	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
 	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m llmprofiles.bench $(BENCH_ARGS)
+
+bench-decode: $(SETUP)  ## GPU: static decode compile variants (fused projections, coordinate descent) side by side
+	$(PY) -m llmprofiles.decode_variants --model $(BENCH_MODEL)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
 	$(PY) -m llmprofiles.check_tensorrt

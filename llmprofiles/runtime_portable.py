@@ -8,7 +8,7 @@ Two ways to specialise each profile, both sharing one copy of the weights:
   every package as user-managed constants.
 - ``torch-compile`` (CUDA; also runs on CPU): one ``torch.compile`` per profile
   over the same module. A fully static profile (decode, seq == 1) is compiled
-  for that exact shape (kernels autotuned for it) and replayed as a CUDA graph,
+  for that exact shape (matmuls autotuned for it) and replayed as a CUDA graph,
   which removes per-kernel host overhead; a dynamic profile is compiled for its
   range and warmed at its opt. Before compiling, sibling projections (q/k/v,
   gate/up) are fused into one GEMM each (``fusion.py``). ``make build`` saves the compiler's cache artifacts so serving starts warm.
@@ -137,9 +137,11 @@ class DynamicRunner:
             return self.fn(input_ids, position_ids)
 
 
-# A static profile's kernels are autotuned for its one shape: matmul templates
-# (max_autotune) and the launch configs of the other kernels (coordinate descent).
-STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
+# A static profile's matmuls are autotuned for its one shape. The graph is captured
+# by StaticGraphRunner, not by inductor. Coordinate-descent tuning is left off: with
+# it, decode measured 2.05 ms on the H200 against 1.66 ms without it, though in
+# different sessions (bench/NOTES.md); bench/decode_variants.py compares them in one run.
+STATIC_OPTIONS = {"max_autotune": True, "triton.cudagraphs": False}
 
 
 class CompiledEngine(Engine):

@@ -1,0 +1,100 @@
+"""Static decode profile, compile variants side by side in one process (GPU only).
+
+Each variant compiles the seq=1 profile the way the engine does (torch.compile,
+then a CUDA graph through StaticGraphRunner) with its own inductor options, with
+or without fused projections. For each it reports the compile time, the
+engine-style call (host tensors in, logits out) and the graph replay alone, both
+as median and p99 in ms, and the max |logit diff| against HF eager. Unfused
+variants run first, because fusing changes the module in place.
+
+    python -m llmprofiles.decode_variants --model gemma-3-1b --variants plain,fused,fused+cdt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from llmprofiles import fusion, models
+from llmprofiles.runtime_portable import STATIC_OPTIONS, StaticGraphRunner
+
+VARIANTS = {  # name: (fused, extra inductor options)
+    "plain": (False, {}),
+    "cdt": (False, {"coordinate_descent_tuning": True}),
+    "fused": (True, {}),
+    "fused+cdt": (True, {"coordinate_descent_tuning": True}),
+}
+
+
+def quantiles_ms(samples: list[float]) -> dict:
+    samples = sorted(samples)
+    return {"p50": samples[len(samples) // 2], "p99": samples[int(len(samples) * 0.99)]}
+
+
+def measure(runner: StaticGraphRunner, ids: torch.Tensor, pos: torch.Tensor, n: int) -> dict:
+    calls, replays = [], []
+    for _ in range(n // 10):
+        runner(ids, pos)
+    torch.cuda.synchronize()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        runner(ids, pos)
+        torch.cuda.synchronize()
+        calls.append((time.perf_counter() - t0) * 1e3)
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.graph.replay()
+        end.record()
+        end.synchronize()
+        replays.append(start.elapsed_time(end))
+    return {"call_ms": quantiles_ms(calls), "replay_ms": quantiles_ms(replays)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gemma-3-1b", help="a preset name or a local HF model directory")
+    p.add_argument("--variants", default="plain,fused,fused+cdt", help=f"comma-separated, from {sorted(VARIANTS)}")
+    p.add_argument("--iters", type=int, default=300, help="timed calls per variant (and as many timed replays)")
+    p.add_argument("--out", type=Path, default=Path("bench/tmp/decode_variants.json"), help="where the JSON goes")
+    a = p.parse_args()
+    names = a.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
+    device = torch.device("cuda")
+    wrapper = models.LastTokenLM(models.load_model(a.model, torch.float16, device)).eval()
+    ids, pos = torch.tensor([[1234]]), torch.tensor([[7]])
+    with torch.no_grad():
+        ref = wrapper(ids.to(device), pos.to(device)).float()
+    results = {}
+    for name in sorted(names, key=lambda n: VARIANTS[n][0]):  # unfused first
+        fused, extra = VARIANTS[name]
+        if fused:
+            fusion.fuse_projections(wrapper)
+        torch._dynamo.reset()
+        t0 = time.perf_counter()
+        fn = torch.compile(wrapper, dynamic=False, fullgraph=True,
+                           options={**STATIC_OPTIONS, **extra, **fusion.compile_options()})
+        runner = StaticGraphRunner(fn, (1, 1), device)
+        row = {"compile_s": time.perf_counter() - t0, **measure(runner, ids, pos, a.iters)}
+        row["max_abs_diff"] = (runner(ids, pos).float() - ref).abs().max().item()
+        results[name] = row
+        print(f"{name:10s} call p50 {row['call_ms']['p50']:.3f} ms, replay p50 {row['replay_ms']['p50']:.3f} ms, "
+              f"diff {row['max_abs_diff']:.4f}, compiled in {row['compile_s']:.0f} s", flush=True)
+        del runner, fn
+    summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+               "static_options": STATIC_OPTIONS, "variants": results}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
