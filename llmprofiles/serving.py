@@ -82,6 +82,8 @@ class RequestHandler:
         input_ids, position_ids, index = validate(self.engine, input_ids, position_ids,
                                                   choice_from_parameters(parameters))
         logits = self.engine.run(index, input_ids, position_ids)
+        if logits.is_cuda:  # kernels run async: wait, so the latency metric counts them (Triton would wait anyway)
+            torch.cuda.current_stream(logits.device).synchronize()
         latency_ms = (time.perf_counter() - t0) * 1e3
         if self.on_served:
             self.on_served(index, latency_ms)
