@@ -2,12 +2,13 @@
 
 Each variant compiles the seq=1 profile the way the engine does (torch.compile,
 then a CUDA graph through StaticGraphRunner) with its own inductor options, with
-or without fused projections. For each it reports the compile time, the
+or without fused projections, and with or without single-token projections
+computed as reductions (``fusion.use_gemv``). For each it reports the compile time, the
 engine-style call (host tensors in, logits out) and the graph replay alone, both
-as median and p99 in ms, and the max |logit diff| against HF eager. Unfused
-variants run first, because fusing changes the module in place.
+as median and p99 in ms, and the max |logit diff| against HF eager. Variants
+run in order of their module changes (plain, fused, gemv), which are one-way.
 
-    python -m llmprofiles.decode_variants --model gemma-3-1b --variants plain,fused,fused+cdt
+    python -m llmprofiles.decode_variants --model gemma-3-1b --variants fused,fused+cdt,fused+gemv+cdt
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import torch
 from llmprofiles import fusion, models
 from llmprofiles.runtime_portable import STATIC_OPTIONS, StaticGraphRunner
 
-VARIANTS = {  # name: (fused, extra inductor options)
-    "plain": (False, {}),
-    "cdt": (False, {"coordinate_descent_tuning": True}),
-    "fused": (True, {}),
-    "fused+cdt": (True, {"coordinate_descent_tuning": True}),
+CDT = {"coordinate_descent_tuning": True}
+# name: (fuse projections, single-token projections as reductions, extra inductor options)
+VARIANTS = {
+    "plain": (False, False, {}),
+    "cdt": (False, False, CDT),
+    "fused": (True, False, {}),
+    "fused+cdt": (True, False, CDT),
+    "fused+gemv": (True, True, {}),
+    "fused+gemv+cdt": (True, True, CDT),
 }
 
 
@@ -58,7 +63,7 @@ def measure(runner: StaticGraphRunner, ids: torch.Tensor, pos: torch.Tensor, n: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma-3-1b", help="a preset name or a local HF model directory")
-    p.add_argument("--variants", default="plain,fused,fused+cdt", help=f"comma-separated, from {sorted(VARIANTS)}")
+    p.add_argument("--variants", default="fused,fused+cdt,fused+gemv+cdt", help=f"comma-separated, from {sorted(VARIANTS)}")
     p.add_argument("--iters", type=int, default=300, help="timed calls per variant (and as many timed replays)")
     p.add_argument("--out", type=Path, default=Path("bench/tmp/decode_variants.json"), help="where the JSON goes")
     a = p.parse_args()
@@ -74,10 +79,12 @@ def main() -> None:
     with torch.no_grad():
         ref = wrapper(ids.to(device), pos.to(device)).float()
     results = {}
-    for name in sorted(names, key=lambda n: VARIANTS[n][0]):  # unfused first
-        fused, extra = VARIANTS[name]
+    for name in sorted(names, key=lambda n: VARIANTS[n][:2]):  # module changes are one-way: plain first
+        fused, gemv, extra = VARIANTS[name]
         if fused:
             fusion.fuse_projections(wrapper)
+        if gemv:
+            fusion.use_gemv(wrapper)
         torch._dynamo.reset()
         t0 = time.perf_counter()
         fn = torch.compile(wrapper, dynamic=False, fullgraph=True,

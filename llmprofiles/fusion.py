@@ -29,20 +29,36 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 
 
-class FusedLinear(nn.Module):
+class Projection(nn.Module):
+    """``x @ weight.T + bias``.
+
+    With ``gemv`` set (see :func:`use_gemv`), a single-token input is computed as a
+    multiply-and-reduce over the weight's rows instead, which inductor emits as one
+    reduction kernel that it can tune and fuse with its neighbours. Every other
+    input keeps the GEMM, so prefill is unaffected.
+    """
+
+    gemv = False
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        # An existing Parameter is kept as is, so tied weights stay one tensor.
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv and x.numel() == x.shape[-1]:
+            out = (x.reshape(1, -1) * self.weight).sum(-1)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
 
 
 class ProjectionSlice(nn.Module):
-    """Columns ``[start, stop)`` of a :class:`FusedLinear`'s output: stands in for one projection."""
+    """Columns ``[start, stop)`` of a :class:`Projection`'s output: stands in for one projection."""
 
-    def __init__(self, fused: FusedLinear, start: int, stop: int):
+    def __init__(self, fused: Projection, start: int, stop: int):
         super().__init__()
         self.fused, self.start, self.stop = fused, start, stop
         self.in_features, self.out_features = fused.weight.shape[1], stop - start
@@ -70,12 +86,31 @@ def fuse_projections(model: nn.Module) -> int:
                 continue
             weight = torch.cat([m.weight for m in linears])
             bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
-            whole, start = FusedLinear(weight, bias), 0
+            whole, start = Projection(weight, bias), 0
             for name, m in zip(group, linears):
                 setattr(module, name, ProjectionSlice(whole, start, start + m.out_features))
                 start += m.out_features
             fused += 1
     return fused
+
+
+@torch.no_grad()
+def use_gemv(model: nn.Module) -> int:
+    """Experimental, for ``make bench-decode``: every projection computes a single token as a reduction.
+
+    Plain ``nn.Linear`` layers become :class:`Projection` over the same weight
+    tensors (no copy). Returns how many projections were switched.
+    """
+    switched = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                child = Projection(child.weight, child.bias)
+                setattr(module, name, child)
+            if isinstance(child, Projection) and not child.gemv:
+                child.gemv = True
+                switched += 1
+    return switched
 
 
 def _frozen(value: Any) -> Any:

@@ -9,7 +9,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from llmprofiles.build import build
 from llmprofiles.engine import load_engine
-from llmprofiles.fusion import DedupeProducts, ProjectionSlice, fuse_projections
+from llmprofiles.fusion import DedupeProducts, Projection, ProjectionSlice, fuse_projections, use_gemv
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
 
 MM = torch.ops.aten.mm.default
@@ -40,6 +40,36 @@ def test_mismatched_siblings_are_left_alone():
     block.q_proj, block.k_proj, block.v_proj = nn.Linear(8, 4), nn.Linear(8, 4, bias=False), nn.Linear(8, 4)
     assert fuse_projections(block) == 0
     assert isinstance(block.k_proj, nn.Linear)
+
+
+def test_gemv_model_computes_the_same_logits_with_the_same_weight_bytes():
+    model = LastTokenLM(load_model("tiny", torch.float32))
+    fuse_projections(model)
+    decode = torch.randint(0, 32000, (1, 1), generator=torch.Generator().manual_seed(1))
+    prefill = torch.randint(0, 32000, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = [model(ids, default_position_ids(ids)) for ids in (decode, prefill)]
+        bytes_before = weight_bytes(model)
+        layers = model.model.config.num_hidden_layers
+        # per layer: q/k/v and gate/up (fused) + o_proj + down_proj; then lm_head
+        assert use_gemv(model) == 4 * layers + 1
+        after = [model(ids, default_position_ids(ids)) for ids in (decode, prefill)]
+    for got, want in zip(after, before):  # prefill too: its lm_head sees the last token only
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert weight_bytes(model) == bytes_before
+    lm_head = model.model.lm_head
+    assert isinstance(lm_head, Projection) and lm_head.weight is model.model.model.embed_tokens.weight  # still tied
+
+
+def test_gemv_applies_to_one_token_only():
+    linear = nn.Linear(8, 5)
+    proj = Projection(linear.weight, linear.bias)
+    proj.gemv = True
+    one, several = torch.randn(1, 1, 8), torch.randn(1, 3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(one), linear(one))
+        assert proj(one).shape == (1, 1, 5)
+        assert torch.equal(proj(several), linear(several))  # the GEMM, bit for bit
 
 
 def count(graph: torch.fx.Graph, target) -> int:
