@@ -1,4 +1,4 @@
-"""One GEMM per group of sibling projections, for the compiled runtime.
+"""Projections shaped for batch-1 decode, for the compiled runtime.
 
 At batch 1 a decode step is a chain of small matrix-vector products, and each
 small product costs about as much in latency as in bytes: on the H200 the
@@ -12,6 +12,11 @@ Each projection keeps its name and becomes a slice of the group's product, so
 the model's own forward code runs unchanged. torch.compile traces that product
 once per slice; :class:`DedupeProducts` merges the identical copies, so the
 compiled graph computes it once.
+
+:func:`use_gemv` then has every projection compute a single-token input as a
+multiply-and-reduce, which inductor emits as a reduction kernel tuned for that
+shape, instead of a matmul template padded to 16 rows. Inputs of several tokens
+(prefill) keep the GEMM. Measured effects: ``bench/NOTES.md``.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def fuse_projections(model: nn.Module) -> int:
 
 @torch.no_grad()
 def use_gemv(model: nn.Module) -> int:
-    """Experimental, for ``make bench-decode``: every projection computes a single token as a reduction.
+    """Every projection computes a single token as a reduction (a GEMV), tuned by inductor.
 
     Plain ``nn.Linear`` layers become :class:`Projection` over the same weight
     tensors (no copy). Returns how many projections were switched.

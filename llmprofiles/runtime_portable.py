@@ -11,7 +11,8 @@ Two ways to specialise each profile, both sharing one copy of the weights:
   for that exact shape (matmuls autotuned for it) and replayed as a CUDA graph,
   which removes per-kernel host overhead; a dynamic profile is compiled for its
   range and warmed at its opt. Before compiling, sibling projections (q/k/v,
-  gate/up) are fused into one GEMM each (``fusion.py``). ``make build`` saves the compiler's cache artifacts so serving starts warm.
+  gate/up) are fused into one GEMM each, and single-token inputs (decode, and
+  the last-token lm_head) are computed as tuned reductions (``fusion.py``). ``make build`` saves the compiler's cache artifacts so serving starts warm.
   (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
 """
 
@@ -137,11 +138,11 @@ class DynamicRunner:
             return self.fn(input_ids, position_ids)
 
 
-# A static profile's matmuls are autotuned for its one shape. The graph is captured
-# by StaticGraphRunner, not by inductor. Coordinate-descent tuning is left off: with
-# it, decode measured 2.05 ms on the H200 against 1.66 ms without it, though in
-# different sessions (bench/NOTES.md); bench/decode_variants.py compares them in one run.
-STATIC_OPTIONS = {"max_autotune": True, "triton.cudagraphs": False}
+# A static profile is tuned for its one shape: matmul templates (max_autotune) and
+# the launch configs of reductions and pointwise kernels (coordinate descent), which
+# is where the single-token projections go (fusion.use_gemv). The CUDA graph is
+# captured by StaticGraphRunner, not by inductor. Measured variants: bench/NOTES.md.
+STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
 
 
 class CompiledEngine(Engine):
@@ -154,6 +155,7 @@ class CompiledEngine(Engine):
                  cuda_graphs: bool = True):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
         fusion.fuse_projections(wrapper)
+        fusion.use_gemv(wrapper)
         self.wrapper = wrapper
         self.runners = []
         for i, name in enumerate(profiles.names):
