@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -44,9 +45,9 @@ def regimes(prefill_seqs: list[int]) -> list[tuple[str, int]]:
 
 
 def alternating(keys: list[str], it: int) -> list[str]:
-    """Call order for iteration ``it``: rotated each time, so no engine always runs right after another."""
-    shift = it % len(keys)
-    return keys[shift:] + keys[:shift]
+    """Call order for iteration ``it``: every permutation in turn, so no engine always runs right after another."""
+    orders = list(itertools.permutations(keys))
+    return list(orders[it % len(orders)])
 
 
 def inputs(seq: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,6 +284,8 @@ def report(state: dict) -> tuple[str, dict]:
                   "| regime | inputs | top-1 agreement | max abs logit diff |", "|---|---|---|---|"]
         for regime, c in eng["correctness"]["multi"].items():
             lines.append(f"| {regime} | {c['n']} | {c['top1_agreement']:.1%} | {c['max_abs_diff']:.4f} |")
+    if state.get("triton_error"):
+        lines += ["", f"**The Triton phase failed:** `{state['triton_error']}`. Only the engine was measured."]
     lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in targets(state)]
     if tri:
@@ -391,8 +394,14 @@ def main(argv: list[str] | None = None) -> None:
     if a.phase in ("engine", "all"):
         state["engine"] = phase_engine(a)
         STATE.write_text(json.dumps(state))
+    triton_error = None
     if a.phase in ("triton", "all"):
-        state["triton"] = phase_triton(a)
+        state.pop("triton_error", None)
+        try:
+            state["triton"] = phase_triton(a)
+        except Exception as e:  # keep what the engine phase measured: report it, name the failure
+            triton_error = state["triton_error"] = f"{type(e).__name__}: {e}"
+            state.pop("triton", None)
         STATE.write_text(json.dumps(state))
     md, data = report(state)
     stem = a.out_dir / f"{state['env']['date']}-{state['env']['gpu'].replace(' ', '-').lower()}"
@@ -405,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         print("matplotlib missing: no plot", flush=True)
     print(md)
     print(json.dumps({"results": str(stem) + ".md", "engine": bool(state.get("engine")), "triton": bool(state.get("triton"))}))
+    if triton_error:
+        raise SystemExit(f"the Triton phase failed ({triton_error}); server log: bench/tmp/server.log")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""The GPU benchmark's report: targets judged from measured numbers (pure logic, no GPU)."""
+
+from __future__ import annotations
+
+from llmprofiles.bench import alternating, report
+
+
+def cell(single_ms: float, multi_ms: float) -> dict:
+    return {"single": {"median_ms": single_ms, "p99_ms": single_ms * 1.1, "n": 100},
+            "multi": {"median_ms": multi_ms, "p99_ms": multi_ms * 1.1, "n": 100}}
+
+
+def engine_state(decode_multi_ms: float, prefill_ratio: float, n_correct: int = 200) -> dict:
+    return {
+        "env": {"gpu": "NVIDIA H200", "date": "2026-11-29", "driver": "580", "torch": "2.11", "cuda": "13.0",
+                "transformers": "5.17", "python": "3.12",
+                "manifest": {"model": "gemma-3-1b", "dtype": "float16", "runtime": "torch-compile"}},
+        "make": "make bench PY=python3",
+        "commands": {"all": "python -m llmprofiles.bench"},
+        "engine": {
+            "latency": {"decode@1": cell(13.0, decode_multi_ms), "prefill@128": cell(9.0, 9.0 / prefill_ratio)},
+            "memory": {"single": {"resident_bytes": 2 << 30, "peak_bytes": 2 << 30},
+                       "multi": {"resident_bytes": 2 << 30, "peak_bytes": (2 << 30) + (1 << 20)}},
+            "correctness": {"multi": {r: {"top1_agreement": 1.0, "max_abs_diff": 0.01, "n": n_correct}
+                                      for r in ("decode", "prefill")}},
+            "weights_shared": {"profiles": 2, "weight_bytes": 1 << 30},
+        },
+    }
+
+
+def verdicts(md: str) -> dict[str, str]:
+    rows = md.split("## Targets")[1].splitlines()
+    return {r.split(" | ")[0].lstrip("| "): r.rstrip(" |").rsplit(" | ", 1)[1] for r in rows if r.startswith("| ") and "verdict" not in r}
+
+
+def test_targets_met_and_missed_follow_the_numbers():
+    v = verdicts(report(engine_state(decode_multi_ms=0.9, prefill_ratio=1.0))[0])
+    assert v["decode on the engine alone <= 1.0 ms (median)"] == "met"
+    assert v["decode, multi vs single (engine, median) >= 3x"] == "met"
+    assert v["prefill seq=128, multi vs single >= 0.98x"] == "met"
+    v = verdicts(report(engine_state(decode_multi_ms=1.5, prefill_ratio=0.9, n_correct=20))[0])
+    assert v["decode on the engine alone <= 1.0 ms (median)"] == "MISSED"
+    assert v["prefill seq=128, multi vs single >= 0.98x"] == "MISSED"
+    assert v["decode: top-1 agreement with HF eager >= 99% over 200 inputs"] == "MISSED"  # too few inputs
+
+
+def test_report_names_make_bench_and_a_failed_triton_phase():
+    state = engine_state(1.5, 1.0)
+    state["triton_error"] = "TimeoutError: tritonserver not ready"
+    md = report(state)[0]
+    assert "run as `make bench PY=python3`" in md
+    assert "The Triton phase failed" in md and "tritonserver not ready" in md
+
+
+def test_call_order_rotates_so_no_engine_always_follows_another():
+    orders = [alternating(["noop", "single", "multi"], it) for it in range(6)]
+    firsts = [o[0] for o in orders]
+    assert all(firsts.count(k) == 2 for k in ("noop", "single", "multi"))
+    before_multi = [o[o.index("multi") - 1] for o in orders if o.index("multi") > 0]
+    assert before_multi.count("single") == before_multi.count("noop") == 2
+    assert all(sorted(o) == ["multi", "noop", "single"] for o in orders)
