@@ -44,7 +44,7 @@ def regimes(prefill_seqs: list[int]) -> list[tuple[str, int]]:
     return [("decode", 1)] + [("prefill", s) for s in prefill_seqs]
 
 
-def alternating(keys: list[str], it: int) -> list[str]:
+def call_order(keys: list[str], it: int) -> list[str]:
     """Call order for iteration ``it``: every permutation in turn, so no engine always runs right after another."""
     orders = list(itertools.permutations(keys))
     return list(orders[it % len(orders)])
@@ -121,7 +121,7 @@ def phase_engine(args) -> dict:
             for key in samples:
                 time_call(engines[key], ids, pos, device)
         for it in range(args.iters):
-            for key in alternating(list(samples), it):  # interleaved: noise hits both alike
+            for key in call_order(list(samples), it):  # interleaved: noise hits both alike
                 samples[key].append(time_call(engines[key], ids, pos, device))
         latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
         print(f"engine {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
@@ -211,7 +211,7 @@ def phase_triton(args) -> dict:
                 for m in models.values():
                     caller(m, ids, pos)
             for it in range(args.iters):
-                for k in alternating(list(models), it):
+                for k in call_order(list(models), it):
                     samples[k].append(caller(models[k], ids, pos).latency_ms)
             latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
             print(f"triton {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from llmprofiles import fusion, models
+from llmprofiles.loadgen import percentiles
 from llmprofiles.runtime_portable import STATIC_OPTIONS, StaticGraphRunner
 
 CDT = {"coordinate_descent_tuning": True}
@@ -38,8 +39,8 @@ VARIANTS = {
 
 
 def quantiles_ms(samples: list[float]) -> dict:
-    samples = sorted(samples)
-    return {"p50": samples[len(samples) // 2], "p99": samples[int(len(samples) * 0.99)]}
+    p50, p99 = percentiles(samples, (50, 99))
+    return {"p50": p50, "p99": p99}
 
 
 def measure(runner: StaticGraphRunner, ids: torch.Tensor, pos: torch.Tensor, n: int) -> dict:

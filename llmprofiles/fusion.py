@@ -2,7 +2,7 @@
 
 At batch 1 a decode step is a chain of small matrix-vector products, and each
 small product costs about as much in latency as in bytes: on the H200 the
-1152x256 ``k_proj`` of gemma-3-1b took as long as the 1152x6912 ``gate_proj``
+1152x256 ``k_proj`` of gemma-3-1b took longer than the 1152x6912 ``gate_proj``
 (autotune timings, 2026-11-29). q/k/v and gate/up read the same input, so each
 group becomes one product over the concatenated weights. The originals are
 dropped, so the weights are still held once, and every profile of the engine

@@ -12,7 +12,8 @@ Two ways to specialise each profile, both sharing one copy of the weights:
   which removes per-kernel host overhead; a dynamic profile is compiled for its
   range and warmed at its opt. Before compiling, sibling projections (q/k/v,
   gate/up) are fused into one GEMM each, and single-token inputs (decode, and
-  the last-token lm_head) are computed as tuned reductions (``fusion.py``). ``make build`` saves the compiler's cache artifacts so serving starts warm.
+  the last-token lm_head) are computed as tuned reductions (``fusion.py``).
+  ``make build`` saves the compiler's cache artifacts so serving starts warm.
   (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
 """
 
@@ -148,7 +149,7 @@ STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "trit
 class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
-    The module is changed in place (its projections fused) and owned by the engine.
+    The module is changed in place (projections fused, single tokens as GEMVs) and owned by the engine.
     """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,

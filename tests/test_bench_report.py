@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmprofiles.bench import alternating, report
+from llmprofiles.bench import call_order, report
 
 
 def cell(single_ms: float, multi_ms: float) -> dict:
@@ -53,7 +53,7 @@ def test_report_names_make_bench_and_a_failed_triton_phase():
 
 
 def test_call_order_rotates_so_no_engine_always_follows_another():
-    orders = [alternating(["noop", "single", "multi"], it) for it in range(6)]
+    orders = [call_order(["noop", "single", "multi"], it) for it in range(6)]
     firsts = [o[0] for o in orders]
     assert all(firsts.count(k) == 2 for k in ("noop", "single", "multi"))
     before_multi = [o[o.index("multi") - 1] for o in orders if o.index("multi") > 0]
