@@ -29,6 +29,7 @@ import torch
 
 from llmprofiles.loadgen import Caller, percentiles, run_load
 from llmprofiles.manifest import read_manifest
+from llmprofiles.models import default_position_ids
 
 REPO = Path("model_repository")
 MODELS = {"single": "llm_single", "multi": "llm"}
@@ -53,7 +54,7 @@ def call_order(keys: list[str], it: int) -> list[str]:
 def inputs(seq: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, seq), generator=g)
-    return ids, torch.arange(seq).expand(1, seq).contiguous()
+    return ids, default_position_ids(ids).contiguous()
 
 
 # --- engine alone ---------------------------------------------------------------
@@ -91,8 +92,7 @@ def correctness(engine, eager, vocab: int, n: int, device) -> dict:
         for i, seq in enumerate(seqs):
             if i and i % 50 == 0:  # a 200-input run once outlived its time slot: show where the time goes
                 print(f"  correctness {regime}: {i}/{len(seqs)} in {time.perf_counter() - t0:.1f} s", flush=True)
-            ids, _ = inputs(int(seq), vocab, 10_000 + i)
-            pos = torch.arange(int(seq)).expand(1, -1).contiguous()
+            ids, pos = inputs(int(seq), vocab, 10_000 + i)
             if regime == "decode":  # a decode step at a random position
                 pos = torch.tensor([[int(np.random.default_rng(i).integers(0, 512))]])
             got = engine.run(engine.select({"input_ids": ids.shape, "position_ids": pos.shape}), ids, pos).float()
