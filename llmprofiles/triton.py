@@ -13,10 +13,12 @@ Run the server in the foreground::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -70,8 +72,36 @@ def server_command(repos: list[Path], http_port: int, grpc_port: int, metrics_po
     ]
 
 
+def busy_ports(ports: dict[str, int]) -> list[str]:
+    """The ports (by role) that 127.0.0.1 cannot bind now, e.g. held by a server left running."""
+    busy = []
+    for role, port in ports.items():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{role} port {port}")
+    return busy
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the thread that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
-    """A tritonserver child process: ``with TritonServer(...) as s:`` waits until it is ready."""
+    """A tritonserver child process: ``with TritonServer(...) as s:`` waits until it is ready.
+
+    It refuses to start on a port that is already taken: another server there
+    would answer the readiness probe and every request in this one's place. The
+    child dies with the thread that starts it (start it from one that outlives
+    it), so a killed benchmark leaves no server behind.
+    """
 
     def __init__(self, repo: str | Path | list[Path] = "model_repository", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, work: str | Path = ".triton", log_path: str | Path | None = None,
@@ -104,12 +134,16 @@ class TritonServer:
             return False
 
     def start(self) -> TritonServer:
+        busy = busy_ports({"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port})
+        if busy:
+            raise RuntimeError(f"cannot start tritonserver: {', '.join(busy)} on 127.0.0.1 already in use "
+                               "(a server left running?); stop it or choose other ports")
         self.work.mkdir(parents=True, exist_ok=True)
         cmd = server_command(self.repos, self.http_port, self.grpc_port, self.metrics_port, self.work)
         t0 = time.perf_counter()
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         while time.perf_counter() - t0 < self.ready_timeout_s:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}")
