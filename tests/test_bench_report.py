@@ -15,7 +15,7 @@ def engine_state(decode_multi_ms: float, prefill_ratio: float, n_correct: int = 
         "env": {"gpu": "NVIDIA H200", "date": "2026-11-29", "driver": "580", "torch": "2.11", "cuda": "13.0",
                 "transformers": "5.17", "python": "3.12",
                 "manifest": {"model": "gemma-3-1b", "dtype": "float16", "runtime": "torch-compile"}},
-        "make": "make bench PY=python3",
+        "make": {"all": "make bench PY=python3"},
         "commands": {"all": "python -m llmprofiles.bench"},
         "engine": {
             "latency": {"decode@1": cell(13.0, decode_multi_ms), "prefill@128": cell(9.0, 9.0 / prefill_ratio)},
@@ -42,13 +42,18 @@ def test_targets_met_and_missed_follow_the_numbers():
     assert v["decode on the engine alone <= 1.0 ms (median)"] == "MISSED"
     assert v["prefill seq=128, multi vs single >= 0.98x"] == "MISSED"
     assert v["decode: top-1 agreement with HF eager >= 99% over 200 inputs"] == "MISSED"  # too few inputs
+    assert v["decode: max abs logit diff vs HF eager <= 0.02 (fp16)"] == "met"
+    state = engine_state(1.5, 1.0)
+    state["engine"]["correctness"]["multi"]["prefill"]["max_abs_diff"] = 0.05
+    v = verdicts(report(state)[0])
+    assert v["prefill: max abs logit diff vs HF eager <= 0.02 (fp16)"] == "MISSED"
 
 
 def test_report_names_make_bench_and_a_failed_triton_phase():
     state = engine_state(1.5, 1.0)
     state["triton_error"] = "TimeoutError: tritonserver not ready"
     md = report(state)[0]
-    assert "run as `make bench PY=python3`" in md
+    assert "all: `make bench PY=python3`, which ran `python -m llmprofiles.bench`" in md
     assert "The Triton phase failed" in md and "tritonserver not ready" in md
 
 
@@ -59,3 +64,40 @@ def test_call_order_rotates_so_no_engine_always_follows_another():
     before_multi = [o[o.index("multi") - 1] for o in orders if o.index("multi") > 0]
     assert before_multi.count("single") == before_multi.count("noop") == 2
     assert all(sorted(o) == ["multi", "noop", "single"] for o in orders)
+
+
+def triton_state(rss_start: int, rss_end: int, gpu_start: int | None = 10 << 30, gpu_end: int | None = 10 << 30) -> dict:
+    state = engine_state(1.5, 1.0)
+    noop = {"median_ms": 2.0, "p99_ms": 2.2, "n": 100}
+    state["triton"] = {
+        "startup_s": 100.0,
+        "latency": {"decode@1": {**cell(16.0, 4.0), "noop": noop}},
+        "load": {"total": {"errors": 0, "mismatches": 0}, "concurrency": 16, "duration_s": 60.0},
+        "memory_start": {"host_rss_bytes": rss_start, "gpu_used_bytes": gpu_start},
+        "memory_end": {"host_rss_bytes": rss_end, "gpu_used_bytes": gpu_end},
+    }
+    state["make"]["triton"] = "make bench PY=python3 BENCH_ARGS=--phase triton"
+    state["commands"]["triton"] = "python -m llmprofiles.bench --phase triton"
+    return state
+
+
+def test_memory_drift_is_judged_and_an_unmeasured_reading_is_never_called_flat():
+    v = verdicts(report(triton_state(4 << 30, (4 << 30) + (8 << 20)))[0])
+    assert v["load run: memory flat"] == "met"
+    v = verdicts(report(triton_state(4 << 30, 5 << 30))[0])
+    assert v["load run: memory flat"] == "MISSED"
+    md = report(triton_state(0, 0))[0]  # the probe found no server process
+    assert verdicts(md)["load run: memory flat"] == "not measured"
+    assert "host RSS not measured" in md
+    v = verdicts(report(triton_state(4 << 30, 4 << 30, None, None))[0])  # no nvidia-smi
+    assert v["load run: memory flat"] == "not measured"
+
+
+def test_report_names_each_phase_command_and_keeps_notes():
+    state = triton_state(4 << 30, 4 << 30)
+    state["notes"] = ["the server was restarted once"]
+    state["triton"]["startup_s"] = None
+    md = report(state)[0]
+    assert "triton: `make bench PY=python3 BENCH_ARGS=--phase triton`, which ran `python -m llmprofiles.bench --phase triton`" in md
+    assert "## Notes on this run" in md and "- the server was restarted once" in md
+    assert "server start-up (process start to ready): not measured" in md
