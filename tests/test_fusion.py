@@ -97,9 +97,22 @@ def test_pass_keeps_products_of_different_weights():
 
 @pytest.fixture(scope="module")
 def compiled_engine(tmp_path_factory):
+    from torch._dynamo.utils import counters
+
     model_dir = tmp_path_factory.mktemp("repo") / "llm"
     build("tiny", "multi", "torch-compile", "cpu", "float32", model_dir)
-    return load_engine(model_dir / "1", "cpu")
+    before = counters["stats"]["unique_graphs"], counters["aot_autograd"]["total"]
+    engine = load_engine(model_dir / "1", "cpu")  # compiles every profile
+    engine.compiles = {"graphs": counters["stats"]["unique_graphs"] - before[0],
+                       "aot_traces": counters["aot_autograd"]["total"] - before[1]}
+    return engine
+
+
+def test_each_compiled_graph_is_traced_once(compiled_engine):
+    # decode, prefill at its opt, and prefill at seq 1 (torch.compile specialises size 1)
+    assert compiled_engine.compiles["graphs"] == 3
+    # A Dynamo restart traces a graph twice; symbolic float attributes caused one per dynamic graph.
+    assert compiled_engine.compiles["aot_traces"] == compiled_engine.compiles["graphs"], compiled_engine.compiles
 
 
 @pytest.mark.parametrize("seq", [1, 7, 130])
