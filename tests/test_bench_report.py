@@ -101,3 +101,11 @@ def test_report_names_each_phase_command_and_keeps_notes():
     assert "triton: `make bench PY=python3 BENCH_ARGS=--phase triton`, which ran `python -m llmprofiles.bench --phase triton`" in md
     assert "## Notes on this run" in md and "- the server was restarted once" in md
     assert "server start-up (process start to ready): not measured" in md
+
+
+def test_report_shows_the_decode_split_when_measured():
+    state = engine_state(2.1, 1.0)
+    assert "CUDA graph replay alone" not in report(state)[0]  # CPU runs and older results have none
+    state["engine"]["decode_split"] = {"call_ms": {"p50": 1.6, "p99": 1.7}, "replay_ms": {"p50": 1.5, "p99": 1.55}}
+    md = report(state)[0]
+    assert "CUDA graph replay alone p50 1.500 ms" in md and "call p50 1.600 ms" in md
