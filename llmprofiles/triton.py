@@ -86,12 +86,14 @@ def busy_ports(ports: dict[str, int]) -> list[str]:
 
 
 PR_SET_PDEATHSIG = 1
+# Looked up here, not in the forked child, where loading a library could deadlock.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the thread that started it dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TritonServer:
