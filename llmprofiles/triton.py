@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib.util
 import os
 import shutil
@@ -24,6 +25,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -86,14 +88,16 @@ def busy_ports(ports: dict[str, int]) -> list[str]:
 
 
 PR_SET_PDEATHSIG = 1
-# Looked up here, not in the forked child, where loading a library could deadlock.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the thread that started it dies, even by SIGKILL."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent() -> Callable[[], object] | None:
+    """A ``preexec_fn``: the child gets SIGTERM when the thread that started it dies, even by SIGKILL (Linux).
+
+    prctl is looked up here, in the parent: loading a library in the forked child could deadlock.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    return functools.partial(ctypes.CDLL(None, use_errno=True).prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TritonServer:
@@ -145,7 +149,7 @@ class TritonServer:
         t0 = time.perf_counter()
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent())
         while time.perf_counter() - t0 < self.ready_timeout_s:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}")
