@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.phase != "report":  # the report phase rewrites saved results, wherever it runs
         state["env"] = environment()
         state.setdefault("commands", {})[a.phase] = command
-        state.setdefault("make", {})[a.phase] = os.environ.get("BENCH_VIA_MAKE")  # set by `make bench`
+        if not isinstance(state.get("make"), dict):  # saved by an older bench: one command for all phases
+            state["make"] = {}
+        state["make"][a.phase] = os.environ.get("BENCH_VIA_MAKE")  # set by `make bench`
     state["notes"] = state.get("notes", []) + a.note
     STATE.write_text(json.dumps(state))  # notes stay with the run, whichever phase added them
     if a.phase in ("engine", "all"):
