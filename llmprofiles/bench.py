@@ -139,14 +139,15 @@ def phase_engine(args) -> dict:
 
 def decode_split(engine, vocab: int, iters: int) -> dict | None:
     """The multi engine's decode: CUDA graph replay alone (GPU time) vs the runner call (plus host copies)."""
-    from llmprofiles.decode_variants import measure
+    from llmprofiles.decode_variants import kernel_profile, measure
     from llmprofiles.runtime_portable import StaticGraphRunner
 
     runner = engine.runners[engine.select({"input_ids": (1, 1), "position_ids": (1, 1)})]
     if not isinstance(runner, StaticGraphRunner) or runner.graph is None:
         return None
     split = measure(runner, *inputs(1, vocab, 1), iters)
-    print(f"decode split: {split}", flush=True)
+    split["kernels"] = kernel_profile(runner)
+    print(f"decode split: {json.dumps(split)}", flush=True)
     return split
 
 
@@ -211,6 +212,35 @@ parameters [ {{ key: "vocab", value: {{ string_value: "{manifest['vocab_size']}"
     return root
 
 
+# Triton's cumulative per-model timers (us), in the order a request meets them.
+TRITON_STAGES = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_split(before: dict, after: dict, model: str) -> dict | None:
+    """Mean server-side ms per request of ``model`` between two metric snapshots, by Triton stage.
+
+    ``request`` is the whole time in the server; ``compute_infer`` is the Python
+    backend's execute (stub round trip included). For the ``llm`` models,
+    ``handler`` is the model's own latency metric: checks, engine and GPU sync.
+    """
+    from llmprofiles.triton import metric_sum
+
+    def delta(name: str, **labels: str) -> float | None:
+        a, b = metric_sum(after, name, model=model, **labels), metric_sum(before, name, model=model, **labels)
+        return None if a is None else a - (b or 0.0)
+
+    n = delta("nv_inference_request_success")
+    if not n:
+        return None
+    split = {"requests": int(n)}
+    for stage in TRITON_STAGES:
+        us = delta(f"nv_inference_{stage}_duration_us")
+        split[f"{stage}_ms"] = None if us is None else us / n / 1e3
+    count = delta("llm_profile_latency_ms_count")
+    split["handler_ms"] = delta("llm_profile_latency_ms_sum") / count if count else None
+    return split
+
+
 def phase_triton(args) -> dict:
     from llmprofiles.triton import TritonServer
 
@@ -221,7 +251,7 @@ def phase_triton(args) -> dict:
                       log_path="bench/tmp/server.log", ready_timeout_s=540) as server:
         print(f"tritonserver ready in {server.startup_s:.1f} s", flush=True)
         caller = Caller("grpc", server.grpc_url)
-        latency = {}
+        latency, split = {}, {}
         for regime, seq in regimes(args.prefill_seqs):
             ids, pos = (t.numpy() for t in inputs(seq, vocab, seq))
             models = {"noop": "noop", "single": MODELS["single"], "multi": MODELS["multi"]}
@@ -229,10 +259,13 @@ def phase_triton(args) -> dict:
             for _ in range(args.warmup):
                 for m in models.values():
                     caller(m, ids, pos)
+            before = server.metrics()
             for it in range(args.iters):
                 for k in call_order(list(models), it):
                     samples[k].append(caller(models[k], ids, pos).latency_ms)
+            after = server.metrics()
             latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
+            split[f"{regime}@{seq}"] = {k: server_split(before, after, m) for k, m in models.items()}
             print(f"triton {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
         caller.close()
         mem_start = {"host_rss_bytes": proc_tree_rss_bytes(server.pid), "gpu_used_bytes": gpu_used_bytes()}
@@ -240,7 +273,7 @@ def phase_triton(args) -> dict:
                         concurrency=args.load_concurrency, duration_s=args.load_s, requests=None)
         mem_end = {"host_rss_bytes": proc_tree_rss_bytes(server.pid), "gpu_used_bytes": gpu_used_bytes()}
         print(f"load run: {json.dumps(load)[:400]}", flush=True)
-        return {"startup_s": server.startup_s, "latency": latency, "load": load,
+        return {"startup_s": server.startup_s, "latency": latency, "server_split": split, "load": load,
                 "memory_start": mem_start, "memory_end": mem_end}
 
 
@@ -303,6 +336,7 @@ def report(state: dict) -> tuple[str, dict]:
             lines += ["", f"Multi-profile decode, split: CUDA graph replay alone p50 {split['replay_ms']['p50']:.3f} ms "
                       f"(GPU time); the graph runner's call p50 {split['call_ms']['p50']:.3f} ms; the engine call "
                       f"above adds the profile checks."]
+            lines += kernel_lines(split.get("kernels"))
         mem = eng["memory"]
         lines += ["", "## GPU memory of each engine (allocated by PyTorch, after warming every regime)", "",
                   "| engine | resident MiB | peak MiB |", "|---|---|---|"]
@@ -322,11 +356,45 @@ def report(state: dict) -> tuple[str, dict]:
         load = tri["load"]
         startup = f"{tri['startup_s']:.1f} s" if tri.get("startup_s") is not None else "not measured (see notes)"
         lines += ["", "## Through Triton", "", f"- server start-up (process start to ready): {startup}",
+                  *split_lines(tri), "",
                   f"- load run: {load.get('concurrency')} clients, {load.get('duration_s')} s, mixed 90% decode / 10% prefill(128)",
                   "", "```", json.dumps(load, indent=1)[:3000], "```", "",
                   *(f"- memory at {when}: host RSS {memory_mib(tri[key]['host_rss_bytes'])}, GPU used (whole GPU) "
                     f"{memory_mib(tri[key]['gpu_used_bytes'])}" for when, key in (("start", "memory_start"), ("end", "memory_end")))]
     return "\n".join(lines) + "\n", state
+
+
+def split_lines(tri: dict) -> list[str]:
+    """Where a call through Triton spends its time: the client's p50 beside the server's own timers (means)."""
+    split = tri.get("server_split")
+    if not split:
+        return []
+    header = ["regime", "model", "client p50", "in server", "queue", "input", "execute", "output", "model handler"]
+    lines = ["", "Time per call through Triton, ms: the client's p50, then the server's means per request from "
+             "its metrics (in server = receipt to response; execute = the Python backend's execute, stub round "
+             "trip included; model handler = the llm model's checks, engine and GPU sync).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, models in split.items():
+        for model, s in models.items():
+            if not s:
+                continue
+            cells = [s.get(f"{stage}_ms") for stage in TRITON_STAGES] + [s.get("handler_ms")]
+            lines.append("| " + " | ".join([key.replace("@", " seq="), model,
+                                            f"{tri['latency'][key][model]['median_ms']:.3f}",
+                                            *("-" if c is None else f"{c:.3f}" for c in cells)]) + " |")
+    return lines
+
+
+def kernel_lines(k: dict | None) -> list[str]:
+    """The decode graph's kernel profile as a table: what the GPU runs in one decode step."""
+    if not k:
+        return []
+    lines = ["", f"Inside one decode replay (profiled over {k['replays']} replays): {k['kernels_per_replay']:.0f} GPU "
+             f"kernels, busy {k['busy_ms_per_replay']:.3f} ms.", "",
+             "| kernels | per replay | ms per replay |", "|---|---|---|"]
+    lines += [f"| {kind} | {r['per_replay']:.0f} | {r['ms_per_replay']:.3f} |" for kind, r in k["by_kind"].items()]
+    lines += [f"| top: `{r['name'][:60]}` | {r['per_replay']:.0f} | {r['ms_per_replay']:.3f} |" for r in k["top"][:5]]
+    return lines
 
 
 def targets(state: dict) -> list[list[str]]:

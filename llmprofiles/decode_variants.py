@@ -7,7 +7,9 @@ with or without single-token projections as reductions ("gemv",
 ``fusion.use_gemv``). For each it reports the compile time, the engine-style call
 (host tensors in, logits out) and the graph replay alone, as median and p99 in
 ms, and the max |logit diff| against HF eager. Variants run in the order of
-their module changes (plain, fused, gemv), which are one-way.
+their module changes (plain, fused, gemv), which are one-way. Each variant's
+replay is also profiled: kernels per replay and GPU busy time, by kernel kind and
+by the costliest kernels.
 
     python -m llmprofiles.decode_variants --model gemma-3-1b --variants plain,fused+gemv+cdt
 """
@@ -63,6 +65,56 @@ def measure(runner: StaticGraphRunner, ids: torch.Tensor, pos: torch.Tensor, n: 
     return {"call_ms": quantiles_ms(calls), "replay_ms": quantiles_ms(replays)}
 
 
+# Inductor names its Triton kernels by kind; everything else is an extern kernel or a copy.
+KERNEL_KINDS = (("triton_red", "reduction (GEMVs, norms)"), ("triton_per", "reduction (GEMVs, norms)"),
+                ("triton_poi", "pointwise"), ("triton_tem", "matmul template"))
+
+
+def kernel_kind(name: str) -> str:
+    if name.startswith("Memcpy") or name.startswith("Memset"):
+        return "copy"
+    return next((kind for prefix, kind in KERNEL_KINDS if name.startswith(prefix)), "extern (attention, cuBLAS, other)")
+
+
+def summarize_kernels(kernels: list[tuple[str, float]], replays: int, top: int = 8) -> dict:
+    """Per replay: how many GPU kernels ran and for how long, by kind and by the costliest names.
+
+    ``kernels`` holds (name, duration in us) for every kernel and copy the GPU ran during ``replays`` replays.
+    """
+    by_kind: dict[str, list[float]] = {}
+    by_name: dict[str, list[float]] = {}
+    for name, us in kernels:
+        by_kind.setdefault(kernel_kind(name), []).append(us)
+        by_name.setdefault(name, []).append(us)
+
+    def row(durations: list[float]) -> dict:
+        return {"per_replay": len(durations) / replays, "ms_per_replay": sum(durations) / replays / 1e3}
+
+    names = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"replays": replays, "kernels_per_replay": len(kernels) / replays,
+            "busy_ms_per_replay": sum(us for _, us in kernels) / replays / 1e3,
+            "by_kind": {k: row(v) for k, v in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))},
+            "top": [{"name": n[:120], **row(v)} for n, v in names]}
+
+
+def kernel_profile(runner: StaticGraphRunner, replays: int = 20) -> dict:
+    """Profile ``replays`` CUDA graph replays: the kernels inside, how many and how long (CUPTI via torch.profiler).
+
+    Busy time below the replay's wall time is time the GPU spent between kernels.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            runner.graph.replay()
+        torch.cuda.synchronize()
+    kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    return summarize_kernels(kernels, replays)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma-3-1b", help="a preset name or a local HF model directory")
@@ -95,9 +147,12 @@ def main() -> None:
         runner = StaticGraphRunner(fn, (1, 1), device)
         row = {"compile_s": time.perf_counter() - t0, **measure(runner, ids, pos, a.iters)}
         row["max_abs_diff"] = (runner(ids, pos).float() - ref).abs().max().item()
+        row["kernels"] = kernel_profile(runner)
         results[name] = row
         print(f"{name:10s} call p50 {row['call_ms']['p50']:.3f} ms, replay p50 {row['replay_ms']['p50']:.3f} ms, "
-              f"diff {row['max_abs_diff']:.4f}, compiled in {row['compile_s']:.0f} s", flush=True)
+              f"diff {row['max_abs_diff']:.4f}, compiled in {row['compile_s']:.0f} s; "
+              f"{row['kernels']['kernels_per_replay']:.0f} kernels busy {row['kernels']['busy_ms_per_replay']:.3f} ms "
+              f"per replay", flush=True)
         del runner, fn
     summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "static_options": STATIC_OPTIONS, "variants": results}

@@ -17,6 +17,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,6 +101,25 @@ def die_with_parent() -> Callable[[], object] | None:
     return functools.partial(ctypes.CDLL(None, use_errno=True).prctl, PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format to ``{(name, frozenset of (label, value)): value}``; comments skipped."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        out[name, frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
+    return out
+
+
+def metric_sum(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
+    """The sum of every series of ``name`` carrying ``labels`` (and any others); None when there is none."""
+    want = set(labels.items())
+    values = [v for (n, ls), v in metrics.items() if n == name and want <= ls]
+    return sum(values) if values else None
+
+
 class TritonServer:
     """A tritonserver child process: ``with TritonServer(...) as s:`` waits until it is ready.
 
@@ -138,6 +158,11 @@ class TritonServer:
                 return r.status == 200
         except OSError:
             return False
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """The server's Prometheus metrics now (Triton's own and the models'), parsed by :func:`parse_metrics`."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return parse_metrics(r.read().decode())
 
     def start(self) -> TritonServer:
         busy = busy_ports({"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port})

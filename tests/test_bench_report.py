@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from llmprofiles.bench import call_order, report
+from llmprofiles.bench import call_order, report, server_split
+from llmprofiles.decode_variants import summarize_kernels
+from llmprofiles.triton import parse_metrics
 
 
 def cell(single_ms: float, multi_ms: float) -> dict:
@@ -109,3 +111,46 @@ def test_report_shows_the_decode_split_when_measured():
     state["engine"]["decode_split"] = {"call_ms": {"p50": 1.6, "p99": 1.7}, "replay_ms": {"p50": 1.5, "p99": 1.55}}
     md = report(state)[0]
     assert "CUDA graph replay alone p50 1.500 ms" in md and "call p50 1.600 ms" in md
+
+
+def test_kernel_summary_counts_per_replay_by_kind_and_name():
+    kernels = [("triton_red_fused_mul_sum_0", 10.0), ("triton_poi_fused_add_1", 2.0),
+               ("pytorch_flash::flash_fwd_kernel", 6.0), ("Memcpy DtoD (Device -> Device)", 1.0)] * 4
+    k = summarize_kernels(kernels, replays=2)
+    assert k["kernels_per_replay"] == 8 and k["busy_ms_per_replay"] == 0.038
+    assert list(k["by_kind"]) == ["reduction (GEMVs, norms)", "extern (attention, cuBLAS, other)", "pointwise", "copy"]
+    assert k["by_kind"]["reduction (GEMVs, norms)"] == {"per_replay": 2, "ms_per_replay": 0.02}
+    assert k["top"][0]["name"] == "triton_red_fused_mul_sum_0"
+    state = engine_state(2.1, 1.0)
+    state["engine"]["decode_split"] = {"call_ms": {"p50": 1.6, "p99": 1.7}, "replay_ms": {"p50": 1.5, "p99": 1.55},
+                                       "kernels": k}
+    md = report(state)[0]
+    assert "8 GPU kernels, busy 0.038 ms" in md and "| pointwise | 2 | 0.004 |" in md
+
+
+METRICS_BEFORE = """# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{model="llm",version="1"} 10
+nv_inference_request_duration_us{model="llm",version="1"} 10000
+nv_inference_compute_infer_duration_us{model="llm",version="1"} 8000
+nv_inference_request_success{model="noop",version="1"} 5
+nv_inference_request_duration_us{model="noop",version="1"} 2000
+llm_profile_latency_ms_count{model="llm",profile="decode"} 10
+llm_profile_latency_ms_sum{model="llm",profile="decode"} 60
+llm_profile_latency_ms_count{model="llm",profile="prefill"} 0
+llm_profile_latency_ms_sum{model="llm",profile="prefill"} 0
+"""
+
+
+def test_server_split_is_the_mean_per_request_between_two_snapshots():
+    after = METRICS_BEFORE.replace("} 10\n", "} 14\n").replace("} 10000", "} 14000").replace("} 8000", "} 11000")
+    after = after.replace("sum{model=\"llm\",profile=\"decode\"} 60", "sum{model=\"llm\",profile=\"decode\"} 80")
+    before, after = parse_metrics(METRICS_BEFORE), parse_metrics(after)
+    s = server_split(before, after, "llm")
+    assert s["requests"] == 4 and s["request_ms"] == 1.0 and s["compute_infer_ms"] == 0.75
+    assert s["handler_ms"] == 5.0 and s["queue_ms"] is None  # (80 - 60) ms over 4 requests; no queue timer here
+    assert server_split(before, after, "noop") is None  # no requests in between
+    assert server_split(before, after, "absent") is None
+    state = triton_state(4 << 30, 4 << 30)
+    state["triton"]["server_split"] = {"decode@1": {"noop": None, "single": None, "multi": s}}
+    md = report(state)[0]
+    assert "| decode seq=1 | multi | 4.000 | 1.000 | - | - | 0.750 | - | 5.000 |" in md

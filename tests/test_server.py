@@ -7,6 +7,7 @@ model, metrics, and the server's health after bad requests.
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
 
 import numpy as np
@@ -242,3 +243,21 @@ def test_missing_engine_fails_load_saying_make_build(tmp_path):
         server.start()
     server.stop()
     assert "no engine manifest" in str(e.value) and "make build" in str(e.value)
+
+
+def test_server_split_accounts_for_every_request(triton_server):
+    from llmprofiles.bench import server_split
+
+    c = Client("grpc", triton_server)
+    before = triton_server.metrics()
+    for _ in range(3):
+        c.infer(ids_of(1))
+    s = None
+    for _ in range(20):  # the server may count a request just after its response went out
+        s = server_split(before, triton_server.metrics(), "llm")
+        if s and s["requests"] == 3:
+            break
+        time.sleep(0.1)
+    assert s["requests"] == 3, s
+    assert s["request_ms"] >= s["compute_infer_ms"] >= s["handler_ms"] > 0, s
+    assert server_split(before, triton_server.metrics(), "llm_single") is None  # it served nothing
