@@ -389,6 +389,8 @@ def kernel_lines(k: dict | None) -> list[str]:
     """The decode graph's kernel profile as a table: what the GPU runs in one decode step."""
     if not k:
         return []
+    if "error" in k:
+        return ["", f"The decode replay's kernel profile failed: {k['error']}"]
     lines = ["", f"Inside one decode replay (profiled over {k['replays']} replays): {k['kernels_per_replay']:.0f} GPU "
              f"kernels, busy {k['busy_ms_per_replay']:.3f} ms.", "",
              "| kernels | per replay | ms per replay |", "|---|---|---|"]

@@ -2,14 +2,15 @@
 
 Each variant compiles the seq=1 profile as the engine does (torch.compile, then
 a CUDA graph through StaticGraphRunner): the engine's static options, with
-coordinate descent on or off ("cdt"), with or without fused projections, and
-with or without single-token projections as reductions ("gemv",
-``fusion.use_gemv``). For each it reports the compile time, the engine-style call
-(host tensors in, logits out) and the graph replay alone, as median and p99 in
-ms, and the max |logit diff| against HF eager. Variants run in the order of
-their module changes (plain, fused, gemv), which are one-way. Each variant's
-replay is also profiled: kernels per replay and GPU busy time, by kernel kind and
-by the costliest kernels.
+coordinate descent on or off ("cdt"), with or without fused projections, with
+or without single-token projections as reductions ("gemv", ``fusion.use_gemv``),
+and with or without single-query attention as reductions instead of SDPA
+("sqa", ``fusion.use_single_query_attention``). For each it reports the compile
+time, the engine-style call (host tensors in, logits out) and the graph replay
+alone, as median and p99 in ms, the max |logit diff| against HF eager, and a
+kernel profile of the replay (kernels per replay and GPU busy time, by kind and
+by the costliest kernels). Variants run in the order of their module changes
+(plain, fused, gemv, sqa), which are one-way.
 
     python -m llmprofiles.decode_variants --model gemma-3-1b --variants plain,fused+gemv+cdt
 """
@@ -29,14 +30,18 @@ from llmprofiles.runtime_portable import STATIC_OPTIONS, StaticGraphRunner
 
 CDT = {"coordinate_descent_tuning": True}
 NO_CDT = {"coordinate_descent_tuning": False}
-# name: (fuse projections, single-token projections as reductions, inductor options over STATIC_OPTIONS)
+# name: (fuse projections, single-token projections as reductions, single-query attention without SDPA,
+#        inductor options over STATIC_OPTIONS)
 VARIANTS = {
-    "plain": (False, False, NO_CDT),
-    "cdt": (False, False, CDT),
-    "fused": (True, False, NO_CDT),
-    "fused+cdt": (True, False, CDT),
-    "fused+gemv": (True, True, NO_CDT),
-    "fused+gemv+cdt": (True, True, CDT),  # what the engine ships
+    "plain": (False, False, False, NO_CDT),
+    "cdt": (False, False, False, CDT),
+    "fused": (True, False, False, NO_CDT),
+    "fused+cdt": (True, False, False, CDT),
+    "fused+gemv": (True, True, False, NO_CDT),
+    "fused+gemv+cdt": (True, True, False, CDT),
+    "fused+gemv+cdt+sqa": (True, True, True, CDT),
+    # Independent kernels (e.g. the q and k norms) launched as one.
+    "fused+gemv+cdt+sqa+combo": (True, True, True, {**CDT, "combo_kernels": True}),
 }
 
 
@@ -101,17 +106,23 @@ def kernel_profile(runner: StaticGraphRunner, replays: int = 20) -> dict:
     """Profile ``replays`` CUDA graph replays: the kernels inside, how many and how long (CUPTI via torch.profiler).
 
     Busy time below the replay's wall time is time the GPU spent between kernels.
+    A profiler failure is returned as ``{"error": ...}``: the timings around it stand without it.
     """
     from torch.profiler import ProfilerActivity, profile
 
     runner.graph.replay()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(replays):
-            runner.graph.replay()
-        torch.cuda.synchronize()
-    kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA]
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(replays):
+                runner.graph.replay()
+            torch.cuda.synchronize()
+        kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA]
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+    if not kernels:
+        return {"error": "the profiler recorded no GPU kernels"}
     return summarize_kernels(kernels, replays)
 
 
@@ -134,25 +145,31 @@ def main() -> None:
     with torch.no_grad():
         ref = wrapper(ids.to(device), pos.to(device)).float()
     results = {}
-    for name in sorted(names, key=lambda n: VARIANTS[n][:2]):  # module changes are one-way: plain first
-        fused, gemv, extra = VARIANTS[name]
+    for name in sorted(names, key=lambda n: VARIANTS[n][:3]):  # module changes are one-way: plain first
+        fused, gemv, sqa, extra = VARIANTS[name]
         if fused:
             fusion.fuse_projections(wrapper)
         if gemv:
             fusion.use_gemv(wrapper)
+        if sqa:
+            fusion.use_single_query_attention(wrapper.model)
         torch._dynamo.reset()
         t0 = time.perf_counter()
-        fn = torch.compile(wrapper, dynamic=False, fullgraph=True,
-                           options={**STATIC_OPTIONS, **extra, **fusion.compile_options()})
-        runner = StaticGraphRunner(fn, (1, 1), device)
+        try:
+            fn = torch.compile(wrapper, dynamic=False, fullgraph=True,
+                               options={**STATIC_OPTIONS, **extra, **fusion.compile_options()})
+            runner = StaticGraphRunner(fn, (1, 1), device)
+        except Exception as e:  # one variant failing to compile must not lose the others' numbers
+            results[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print(f"{name:10s} failed: {results[name]['error'][:300]}", flush=True)
+            continue
         row = {"compile_s": time.perf_counter() - t0, **measure(runner, ids, pos, a.iters)}
         row["max_abs_diff"] = (runner(ids, pos).float() - ref).abs().max().item()
         row["kernels"] = kernel_profile(runner)
         results[name] = row
         print(f"{name:10s} call p50 {row['call_ms']['p50']:.3f} ms, replay p50 {row['replay_ms']['p50']:.3f} ms, "
               f"diff {row['max_abs_diff']:.4f}, compiled in {row['compile_s']:.0f} s; "
-              f"{row['kernels']['kernels_per_replay']:.0f} kernels busy {row['kernels']['busy_ms_per_replay']:.3f} ms "
-              f"per replay", flush=True)
+              f"kernels {json.dumps(row['kernels'])[:1500]}", flush=True)
         del runner, fn
     summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "static_options": STATIC_OPTIONS, "variants": results}

@@ -118,6 +118,54 @@ def use_gemv(model: nn.Module) -> int:
     return switched
 
 
+# --- single-query attention -----------------------------------------------------
+
+SINGLE_QUERY_ATTENTION = "llmprofiles_single_query"
+
+
+def single_query_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """HF attention function: one query token as multiply-and-reduce ops, anything else through SDPA.
+
+    With one query token the attention is two small reductions (scores over the
+    head dim, output over the keys), which inductor fuses with the norms and
+    rotary embedding around them; SDPA is an opaque kernel per layer. The math is
+    the same: fp32 scores, softmax over every key the mask allows, fp32 sums.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1 or dropout or kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    q = query.reshape(batch, kv_heads, heads // kv_heads, 1, dim).float()  # query heads grouped by their KV head
+    scores = (q * key.float()[:, :, None]).sum(-1) * (dim ** -0.5 if scaling is None else scaling)  # [b, kv, group, keys]
+    if attention_mask is not None:
+        mask = attention_mask[:, :, -1:, -kv_len:]  # [b, 1, 1, keys] over [b, kv, group, keys]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = scores.softmax(-1)
+    out = (probs[..., None] * value.float()[:, :, None]).sum(-2)  # [b, kv, group, dim]
+    return out.to(query.dtype).reshape(batch, 1, heads, dim), None
+
+
+def use_single_query_attention(model: nn.Module) -> bool:
+    """A model on SDPA attention computes one query token with :func:`single_query_attention`; masks stay SDPA's.
+
+    Returns whether the model was switched (models on other attention implementations are left alone).
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = model.config
+    if config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(SINGLE_QUERY_ATTENTION, single_query_attention)
+    AttentionMaskInterface.register(SINGLE_QUERY_ATTENTION, sdpa_mask)
+    config._attn_implementation = SINGLE_QUERY_ATTENTION
+    return True
+
+
 def _frozen(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from llmprofiles.build import build
 from llmprofiles.engine import load_engine
-from llmprofiles.fusion import DedupeProducts, Projection, ProjectionSlice, fuse_projections, use_gemv
+from llmprofiles.fusion import (DedupeProducts, Projection, ProjectionSlice, fuse_projections, single_query_attention,
+                                use_gemv, use_single_query_attention)
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
 
 MM = torch.ops.aten.mm.default
@@ -74,6 +76,44 @@ def test_gemv_applies_to_one_token_only():
 
 def count(graph: torch.fx.Graph, target) -> int:
     return sum(1 for n in graph.nodes if n.target is target)
+
+
+class GroupedAttention(nn.Module):
+    num_key_value_groups = 2  # what sdpa_attention_forward reads to repeat the KV heads
+
+
+@pytest.mark.parametrize("keys", [1, 7])
+@pytest.mark.parametrize("masked", [False, True])
+def test_single_query_attention_matches_sdpa(keys, masked):
+    g = torch.Generator().manual_seed(keys)
+    q, k, v = (torch.randn(2, heads, seq, 16, generator=g) for heads, seq in ((4, 1), (2, keys), (2, keys)))
+    mask = None
+    if masked:  # a sliding window: the oldest key is out of it (for one key, nothing is)
+        mask = torch.ones(2, 1, 1, keys, dtype=torch.bool)
+        mask[..., 0] = keys == 1
+    got, _ = single_query_attention(GroupedAttention(), q, k, v, mask, scaling=0.3)
+    k2, v2 = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    want = F.scaled_dot_product_attention(q, k2, v2, attn_mask=mask, scale=0.3).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.shape == (2, 1, 4, 16)
+
+
+def test_single_query_attention_serves_one_token_without_sdpa(monkeypatch):
+    model = LastTokenLM(load_model("tiny", torch.float32))
+    ref = LastTokenLM(load_model("tiny", torch.float32))
+    assert use_single_query_attention(model.model)
+    assert not use_single_query_attention(model.model)  # switched already
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(a[0].shape[2]) or sdpa(*a, **kw))
+    for seq, pos in ((1, 0), (1, 300), (6, 0)):
+        ids = torch.randint(0, 32000, (1, seq), generator=torch.Generator().manual_seed(seq + pos))
+        p = default_position_ids(ids) + pos
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids, p), ref(ids, p), atol=1e-5, rtol=1e-5)
+    layers = model.model.config.num_hidden_layers
+    # The reference runs SDPA for every token count; the switched model for the 6-token prompt only.
+    assert calls.count(1) == 2 * layers and calls.count(6) == 2 * layers
 
 
 def test_pass_merges_identical_products_and_keeps_the_result():
