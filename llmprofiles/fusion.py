@@ -1,4 +1,4 @@
-"""Projections shaped for batch-1 decode, for the compiled runtime.
+"""Projections and attention shaped for batch-1 decode, for the compiled runtime.
 
 At batch 1 a decode step is a chain of small matrix-vector products, and each
 small product costs about as much in latency as in bytes: on the H200 the
@@ -16,7 +16,12 @@ compiled graph computes it once.
 :func:`use_gemv` then has every projection compute a single-token input as a
 multiply-and-reduce, which inductor emits as a reduction kernel tuned for that
 shape, instead of a matmul template padded to 16 rows. Inputs of several tokens
-(prefill) keep the GEMM. Measured effects: ``bench/NOTES.md``.
+(prefill) keep the GEMM.
+
+:func:`use_single_query_attention` does the same for attention: a single query
+token's attention is computed as two reductions that inductor fuses with the
+norms and rotary embedding around them, instead of one SDPA kernel per layer.
+Prompts of several tokens keep SDPA. Measured effects: ``bench/NOTES.md``.
 """
 
 from __future__ import annotations

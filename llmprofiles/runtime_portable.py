@@ -11,8 +11,9 @@ Two ways to specialise each profile, both sharing one copy of the weights:
   for that exact shape (matmuls autotuned for it) and replayed as a CUDA graph,
   which removes per-kernel host overhead; a dynamic profile is compiled for its
   range and warmed at its opt. Before compiling, sibling projections (q/k/v,
-  gate/up) are fused into one GEMM each, and single-token inputs (decode, and
-  the last-token lm_head) are computed as tuned reductions (``fusion.py``).
+  gate/up) are fused into one GEMM each, single-token inputs (decode, and
+  the last-token lm_head) are computed as tuned reductions, and so is the
+  attention of a single query token, instead of an SDPA kernel (``fusion.py``).
   ``make build`` saves the compiler's cache artifacts so serving starts warm.
   (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
 """
@@ -166,6 +167,7 @@ class CompiledEngine(Engine):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
         fusion.fuse_projections(wrapper)
         fusion.use_gemv(wrapper)
+        fusion.use_single_query_attention(wrapper.model)
         self.wrapper = wrapper
         self.runners = []
         for i, name in enumerate(profiles.names):
