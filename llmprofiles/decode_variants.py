@@ -42,6 +42,9 @@ VARIANTS = {
     "fused+gemv+cdt+sqa": (True, True, True, CDT),
     # Independent kernels (e.g. the q and k norms) launched as one.
     "fused+gemv+cdt+sqa+combo": (True, True, True, {**CDT, "combo_kernels": True}),
+    # Longer pointwise chains (gelu(gate) * up) are stored once instead of recomputed by every program of the
+    # reduction that reads them (down_proj's GEMV). Inductor's default threshold is 30 ops.
+    "fused+gemv+cdt+sqa+realize": (True, True, True, {**CDT, "realize_opcount_threshold": 8}),
 }
 
 
