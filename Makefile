@@ -57,7 +57,7 @@ bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Trito
 	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
 	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m llmprofiles.bench $(BENCH_ARGS)
 
-bench-decode: $(SETUP)  ## GPU: static decode compile variants (fused projections, coordinate descent) side by side
+bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (single-query attention, coordinate descent), kernel profiles
 	$(PY) -m llmprofiles.decode_variants --model $(BENCH_MODEL)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
