@@ -159,7 +159,8 @@ STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "trit
 class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
-    The module is changed in place (projections fused, single tokens as GEMVs) and owned by the engine.
+    The module is changed in place (projections fused, single tokens as GEMVs, single-query attention)
+    and owned by the engine.
     """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import torch
 from llmprofiles.manifest import read_manifest
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
 from llmprofiles.profile_sets import MULTI
+from llmprofiles.triton import metric_sum
 
 from conftest import REPO, free_port
 
@@ -154,26 +154,20 @@ def test_single_profile_baseline_serves_decode_on_its_only_profile(client):
     expect_invalid(client, ids_of(1), profile="decode", model="llm_single", match="'decode' is not a known profile")
 
 
-def metrics(server) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
-        return r.read().decode()
-
-
-def metric_value(text: str, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no metric {name}{{{want}}} in:\n{text}")
+def metric_value(snapshot: dict, name: str, **labels) -> float:
+    """One series from ``TritonServer.metrics()``; a missing one fails the test by name."""
+    value = metric_sum(snapshot, name, **labels)
+    assert value is not None, f"no metric {name} with {labels} in {sorted({n for n, _ in snapshot})}"
+    return value
 
 
 def test_metrics_count_requests_and_latency_per_profile(triton_server):
     c = Client("grpc", triton_server)
-    before = metrics(triton_server)
+    before = triton_server.metrics()
     for _ in range(3):
         c.infer(ids_of(1))
     c.infer(ids_of(64))
-    after = metrics(triton_server)
+    after = triton_server.metrics()
     for profile, n in (("decode", 3), ("prefill", 1)):
         for name in ("llm_profile_requests_total", "llm_profile_latency_ms_count"):
             delta = metric_value(after, name, model="llm", profile=profile) - metric_value(before, name, model="llm", profile=profile)
@@ -182,14 +176,14 @@ def test_metrics_count_requests_and_latency_per_profile(triton_server):
 
 def test_server_healthy_and_serving_after_bad_requests(triton_server):
     c = Client("http", triton_server)
-    before = metric_value(metrics(triton_server), "llm_profile_invalid_requests_total", model="llm")
+    before = metric_value(triton_server.metrics(), "llm_profile_invalid_requests_total", model="llm")
     for bad, match in (((ids_of(600),), "fit no optimization profile"), ((ids_of(2), None, "decode"), "outside"),
                        ((np.full((1, 3), VOCAB),), "out of range")):
         expect_invalid(c, *bad, match=match)
     assert triton_server.is_ready()
     assert c.client.is_model_ready("llm")
     assert c.infer(ids_of(1))[1] == DECODE
-    assert metric_value(metrics(triton_server), "llm_profile_invalid_requests_total", model="llm") == before + 3
+    assert metric_value(triton_server.metrics(), "llm_profile_invalid_requests_total", model="llm") == before + 3
 
 
 def test_concurrent_mix_of_good_and_bad_requests_each_get_their_own_answer(triton_server):
