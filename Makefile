@@ -45,7 +45,7 @@ build: $(SETUP)  ## build the multi-profile engine (llm) and the single-profile 
 	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
 
 serve: build  ## run tritonserver in the foreground on 127.0.0.1
-	$(PY) -m llmprofiles.triton --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m llmprofiles.serving.launcher --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 demo: build  ## start the server, drive decode + prefill traffic, print the comparison table, stop
 	$(PY) client/demo.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
@@ -55,13 +55,13 @@ test: build  ## unit, model.py and integration tests (the fixture starts tritons
 
 bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Triton, writes bench/results/
 	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
-	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m llmprofiles.bench $(BENCH_ARGS)
+	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m bench.llm_bench $(BENCH_ARGS)
 
 bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (single-query attention, coordinate descent), kernel profiles
-	$(PY) -m llmprofiles.decode_variants --model $(BENCH_MODEL)
+	$(PY) -m bench.decode_variants --model $(BENCH_MODEL)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
-	$(PY) -m llmprofiles.check_tensorrt
+	$(PY) -m llmprofiles.runtimes.check_tensorrt
 
 clean:  ## remove build outputs (engines, caches); keeps .venv
 	rm -rf .cache .triton model_repository/*/config.pbtxt

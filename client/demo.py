@@ -12,7 +12,7 @@ import json
 import sys
 
 from llmprofiles.loadgen import Phase, compare_tables, load_table, run_compare, run_load
-from llmprofiles.triton import TritonServer
+from llmprofiles.serving.launcher import TritonServer
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from llmprofiles.loadgen import DEFAULT_PORTS, PROTOCOLS, load_table, request_errors, run_load
-from llmprofiles.profile_sets import PROFILE_SETS
+from llmprofiles.profiles.sets import PROFILE_SETS
 
 REGIMES = ("decode", "prefill", "mix")
 

@@ -19,16 +19,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.export import Dim, ExportedProgram
 
 from llmprofiles import models
+from llmprofiles.export import BuildContext, export, unique_weights
 from llmprofiles.manifest import EngineLoadError, read_manifest, sha256_file, sha256_json, write_manifest
-from llmprofiles.profile_sets import PROFILE_SETS
-from llmprofiles.spec import ProfileSet, ShapeRange
+from llmprofiles.profiles.sets import PROFILE_SETS
+from llmprofiles.profiles.spec import ProfileSet
+from llmprofiles.runtimes.load import build_runtime
 
 log = logging.getLogger("llmprofiles.build")
 
@@ -47,60 +47,6 @@ def step(what: str) -> Iterator[None]:
     print(f"  ok {what} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-@dataclass
-class BuildContext:
-    """What a runtime's build function gets: one export and where to write."""
-
-    wrapper: torch.nn.Module
-    exported: ExportedProgram
-    profiles: ProfileSet
-    version_dir: Path
-    dtype: torch.dtype
-    device: torch.device
-    runtime: str
-
-
-def example_dim(r_min: int, r_opt: int, r_max: int) -> int:
-    # torch.export specialises a dim whose example is 0 or 1, so a dynamic
-    # range is traced from an example of at least 2.
-    return r_opt if r_min == r_max else min(max(r_opt, 2), r_max)
-
-
-def example_inputs(ranges: dict[str, ShapeRange], vocab: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    shape = tuple(example_dim(*d) for d in zip(ranges["input_ids"].min, ranges["input_ids"].opt, ranges["input_ids"].max))
-    ids = torch.randint(0, vocab, shape, device=device)
-    return ids, models.default_position_ids(ids).contiguous()
-
-
-def dynamic_shapes(ranges: dict[str, ShapeRange]) -> tuple[dict[int, Dim], ...]:
-    """One Dim per dynamic axis, shared by both inputs (their shapes must match)."""
-    r = ranges["input_ids"]
-    dims = {d: Dim(("batch", "seq")[d] if d < 2 else f"d{d}", min=lo, max=hi)
-            for d, (lo, hi) in enumerate(zip(r.min, r.max)) if lo != hi}
-    return (dims, dict(dims))
-
-
-def export(module: torch.nn.Module, ranges: dict[str, ShapeRange], vocab: int, device: torch.device) -> ExportedProgram:
-    """``torch.export`` over ``ranges`` (the union envelope, or one profile's range)."""
-    with torch.no_grad():
-        return torch.export.export(module, example_inputs(ranges, vocab, device), dynamic_shapes=dynamic_shapes(ranges))
-
-
-def unique_weights(exported: ExportedProgram) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Parameters, buffers and constants with tied tensors stored once (plus an alias map)."""
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in [*exported.state_dict.items(), *exported.constants.items()]:
-        if not isinstance(t, torch.Tensor):
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            tensors[name] = t.detach().contiguous()
-    return tensors, aliases
-
-
 def source_fingerprint(source: str) -> dict:
     if source in models.PRESETS:
         return {"preset": source, "seed": models.SEED, "config": models.PRESETS[source].__dict__}
@@ -114,8 +60,9 @@ def source_fingerprint(source: str) -> dict:
 
 def code_fingerprint(runtime: str) -> str:
     pkg = Path(__file__).parent
-    runtime_files = ["runtime_tensorrt.py"] if runtime == "tensorrt" else ["runtime_portable.py", "fusion.py"]
-    files = ["build.py", "models.py", "spec.py", *runtime_files]
+    runtime_files = (["runtimes/tensorrt.py"] if runtime == "tensorrt" else
+                     ["runtimes/compiled.py", "runtimes/aoti.py", "runtimes/weights.py", "runtimes/fusion.py"])
+    files = ["build.py", "export.py", "models.py", "profiles/spec.py", "runtimes/load.py", *runtime_files]
     return sha256_json({f: sha256_file(pkg / f) for f in files})
 
 
@@ -151,7 +98,7 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
         # AOTInductor CUDA packages segfault at load on the H200 machine (see README).
         raise SystemExit("RUNTIME=aoti is CPU-only here; use RUNTIME=torch-compile on CUDA")
     if runtime == "tensorrt":  # fail before minutes of loading and exporting
-        from llmprofiles.runtime_tensorrt import import_tensorrt, import_torch_tensorrt
+        from llmprofiles.runtimes.tensorrt import import_tensorrt, import_torch_tensorrt
 
         if device_t.type != "cuda":
             raise SystemExit("RUNTIME=tensorrt builds on a GPU only; use DEVICE=cuda")
@@ -197,10 +144,6 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
             save_file({k: v.cpu() for k, v in tensors.items()}, str(version_dir / WEIGHTS))
             saved.append(WEIGHTS)
     ctx = BuildContext(wrapper, exported, profiles, version_dir, DTYPES[dtype], device_t, runtime)
-    if runtime == "tensorrt":
-        from llmprofiles.runtime_tensorrt import build_tensorrt as build_runtime
-    else:
-        from llmprofiles.runtime_portable import build_portable as build_runtime
     artifacts, extra = build_runtime(ctx, step)
     manifest = write_manifest(version_dir, {
         "inputs_hash": inputs_hash, "model": source, "profile_set": profile_set, "profiles": profiles.to_dict(),

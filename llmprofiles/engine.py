@@ -3,22 +3,18 @@
 An :class:`Engine` exposes its profile table and runs one given profile. It
 checks shapes against that profile before every call, because compiled
 artifacts (AOTInductor packages, TensorRT engines) may not check them and would
-then return silently wrong logits. ``load_engine`` picks the runtime named in
-the manifest, so one model repository serves any runtime unchanged.
+then return silently wrong logits. ``llmprofiles.runtimes.load.load_engine``
+picks the runtime named in the manifest, so one model repository serves any
+runtime unchanged.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 
-from llmprofiles.manifest import EngineLoadError, profiles_of, read_manifest
-from llmprofiles.selection import SelectionError, select_profile
-from llmprofiles.spec import ProfileSet
-
-log = logging.getLogger(__name__)
+from llmprofiles.manifest import EngineLoadError, profiles_of
+from llmprofiles.profiles.selection import SelectionError, select_profile
+from llmprofiles.profiles.spec import ProfileSet
 
 
 class Engine:
@@ -47,22 +43,4 @@ class Engine:
         raise NotImplementedError
 
 
-def load_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> Engine:
-    """Load the engine in ``version_dir`` with the runtime its manifest names."""
-    version_dir = Path(version_dir)
-    manifest = read_manifest(version_dir)
-    runtime = manifest.get("runtime")
-    device = torch.device(device)
-    log.info("loading %s engine from %s on %s", runtime, version_dir, device)
-    if runtime in ("aoti", "torch-compile"):
-        from llmprofiles.runtime_portable import load_portable
-
-        return load_portable(version_dir, manifest, device)
-    if runtime == "tensorrt":
-        from llmprofiles.runtime_tensorrt import load_tensorrt
-
-        return load_tensorrt(version_dir, manifest, device)
-    raise EngineLoadError(f"manifest in {version_dir} names unknown runtime {runtime!r}; run `make build`")
-
-
-__all__ = ["Engine", "EngineLoadError", "load_engine", "profiles_of"]
+__all__ = ["Engine", "EngineLoadError", "profiles_of"]

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmprofiles.profile_sets import PROFILE_SETS
-from llmprofiles.selection import AUTO, PARAMETER, select_profile
+from llmprofiles.profiles.selection import AUTO, PARAMETER, select_profile
+from llmprofiles.profiles.sets import PROFILE_SETS
 
 log = logging.getLogger(__name__)
 

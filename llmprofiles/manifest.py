@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmprofiles.spec import ProfileSet
+from llmprofiles.profiles.spec import ProfileSet
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ def require_built(*models: str) -> None:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
     """The real tritonserver over model_repository/, for the whole session."""
-    from llmprofiles.triton import TritonServer
+    from llmprofiles.serving.launcher import TritonServer
 
     require_built("llm", "llm_single")
     work = tmp_path_factory.mktemp("triton")

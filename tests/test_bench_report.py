@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from llmprofiles.bench import call_order, report, server_split
-from llmprofiles.decode_variants import summarize_kernels
-from llmprofiles.triton import parse_metrics
+from bench.decode_variants import summarize_kernels
+from bench.llm_bench import call_order, report, server_split
+from llmprofiles.serving.launcher import parse_metrics
 
 
 def cell(single_ms: float, multi_ms: float) -> dict:
@@ -18,7 +18,7 @@ def engine_state(decode_multi_ms: float, prefill_ratio: float, n_correct: int = 
                 "transformers": "5.17", "python": "3.12",
                 "manifest": {"model": "gemma-3-1b", "dtype": "float16", "runtime": "torch-compile"}},
         "make": {"all": "make bench PY=python3"},
-        "commands": {"all": "python -m llmprofiles.bench"},
+        "commands": {"all": "python -m bench.llm_bench"},
         "engine": {
             "latency": {"decode@1": cell(13.0, decode_multi_ms), "prefill@128": cell(9.0, 9.0 / prefill_ratio)},
             "memory": {"single": {"resident_bytes": 2 << 30, "peak_bytes": 2 << 30},
@@ -55,7 +55,7 @@ def test_report_names_make_bench_and_a_failed_triton_phase():
     state = engine_state(1.5, 1.0)
     state["triton_error"] = "TimeoutError: tritonserver not ready"
     md = report(state)[0]
-    assert "all: `make bench PY=python3`, which ran `python -m llmprofiles.bench`" in md
+    assert "all: `make bench PY=python3`, which ran `python -m bench.llm_bench`" in md
     assert "The Triton phase failed" in md and "tritonserver not ready" in md
 
 
@@ -79,7 +79,7 @@ def triton_state(rss_start: int, rss_end: int, gpu_start: int | None = 10 << 30,
         "memory_end": {"host_rss_bytes": rss_end, "gpu_used_bytes": gpu_end},
     }
     state["make"]["triton"] = "make bench PY=python3 BENCH_ARGS=--phase triton"
-    state["commands"]["triton"] = "python -m llmprofiles.bench --phase triton"
+    state["commands"]["triton"] = "python -m bench.llm_bench --phase triton"
     return state
 
 
@@ -100,7 +100,7 @@ def test_report_names_each_phase_command_and_keeps_notes():
     state["notes"] = ["the server was restarted once"]
     state["triton"]["startup_s"] = None
     md = report(state)[0]
-    assert "triton: `make bench PY=python3 BENCH_ARGS=--phase triton`, which ran `python -m llmprofiles.bench --phase triton`" in md
+    assert "triton: `make bench PY=python3 BENCH_ARGS=--phase triton`, which ran `python -m bench.llm_bench --phase triton`" in md
     assert "## Notes on this run" in md and "- the server was restarted once" in md
     assert "server start-up (process start to ready): not measured" in md
 

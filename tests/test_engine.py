@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from llmprofiles.engine import load_engine
 from llmprofiles.manifest import EngineLoadError, write_manifest
-from llmprofiles.profile_sets import MULTI
-from llmprofiles.selection import SelectionError
+from llmprofiles.profiles.selection import SelectionError
+from llmprofiles.profiles.sets import MULTI
+from llmprofiles.runtimes.load import load_engine
 
 from test_serving import FakeEngine
 

@@ -9,10 +9,10 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from llmprofiles.build import build
-from llmprofiles.engine import load_engine
-from llmprofiles.fusion import (DedupeProducts, Projection, ProjectionSlice, fuse_projections, single_query_attention,
-                                use_gemv, use_single_query_attention)
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
+from llmprofiles.runtimes.fusion import (DedupeProducts, Projection, ProjectionSlice, fuse_projections,
+                                         single_query_attention, use_gemv, use_single_query_attention)
+from llmprofiles.runtimes.load import load_engine
 
 MM = torch.ops.aten.mm.default
 

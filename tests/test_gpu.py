@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from llmprofiles.build import build
-from llmprofiles.engine import load_engine
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
-from llmprofiles.runtime_portable import StaticGraphRunner
+from llmprofiles.runtimes.compiled import StaticGraphRunner
+from llmprofiles.runtimes.load import load_engine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")]
 

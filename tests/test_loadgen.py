@@ -10,7 +10,7 @@ from llmprofiles.loadgen import (
     PARAMETER, Phase, Reply, Stats, compare_tables, decode_count, default_profile_set, expected_profile,
     format_table, percentiles, phase_of, request_arrays, request_parameters, served_label,
 )
-from llmprofiles.selection import SelectionError
+from llmprofiles.profiles.selection import SelectionError
 
 # --- percentiles ------------------------------------------------------------------------
 

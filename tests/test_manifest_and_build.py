@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from llmprofiles import build
+from llmprofiles import build, export
 from llmprofiles.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -20,8 +20,8 @@ from llmprofiles.manifest import (
     sha256_json,
     write_manifest,
 )
-from llmprofiles.profile_sets import MULTI, SINGLE
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.sets import MULTI, SINGLE
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 CPU = torch.device("cpu")
 
@@ -128,7 +128,7 @@ def test_verify_false_skips_artifact_checks(version_dir, written):
     assert read_manifest(version_dir, verify=False) == written
 
 
-# --- build: example shapes and export Dims ---------------------------------------------------
+# --- export: example shapes and export Dims ---------------------------------------------------
 
 
 @pytest.mark.parametrize("lo,opt,hi,expected", [
@@ -140,11 +140,11 @@ def test_verify_false_skips_artifact_checks(version_dir, written):
     (3, 5, 8, 5),
 ])
 def test_example_dim(lo, opt, hi, expected):
-    assert build.example_dim(lo, opt, hi) == expected
+    assert export.example_dim(lo, opt, hi) == expected
 
 
 def test_example_inputs_for_multi_envelope_use_seq_2():
-    input_ids, position_ids = build.example_inputs(MULTI.envelope(), 50, CPU)
+    input_ids, position_ids = export.example_inputs(MULTI.envelope(), 50, CPU)
     assert input_ids.shape == (1, 2) and input_ids.dtype == torch.int64
     assert int(input_ids.min()) >= 0 and int(input_ids.max()) < 50
     assert position_ids.tolist() == [[0, 1]]
@@ -153,7 +153,7 @@ def test_example_inputs_for_multi_envelope_use_seq_2():
 
 @pytest.mark.parametrize("index,shape", [(0, (1, 1)), (1, (1, 256))])
 def test_example_inputs_per_profile(index, shape):
-    input_ids, position_ids = build.example_inputs(MULTI.ranges(index), 50, CPU)
+    input_ids, position_ids = export.example_inputs(MULTI.ranges(index), 50, CPU)
     assert tuple(input_ids.shape) == shape
     assert tuple(position_ids.shape) == shape
     assert position_ids[0].tolist() == list(range(shape[1]))
@@ -166,7 +166,7 @@ def assert_seq_dim(dims, lo, hi):
 
 
 def test_dynamic_shapes_for_multi_envelope_is_one_shared_seq_dim():
-    ids_dims, pos_dims = build.dynamic_shapes(MULTI.envelope())
+    ids_dims, pos_dims = export.dynamic_shapes(MULTI.envelope())
     assert_seq_dim(ids_dims, 1, 512)
     assert_seq_dim(pos_dims, 1, 512)
     assert ids_dims[1] is pos_dims[1]  # the two inputs share one symbol
@@ -174,29 +174,29 @@ def test_dynamic_shapes_for_multi_envelope_is_one_shared_seq_dim():
 
 
 def test_dynamic_shapes_for_static_decode_profile_has_no_dim():
-    assert build.dynamic_shapes(MULTI.ranges(0)) == ({}, {})
+    assert export.dynamic_shapes(MULTI.ranges(0)) == ({}, {})
 
 
 def test_dynamic_shapes_for_prefill_profile_has_seq_dim():
-    ids_dims, pos_dims = build.dynamic_shapes(MULTI.ranges(1))
+    ids_dims, pos_dims = export.dynamic_shapes(MULTI.ranges(1))
     assert_seq_dim(ids_dims, 1, 512)
     assert_seq_dim(pos_dims, 1, 512)
 
 
 def test_dynamic_shapes_for_single_set_match_prefill():
-    ids_dims, _ = build.dynamic_shapes(SINGLE.envelope())
+    ids_dims, _ = export.dynamic_shapes(SINGLE.envelope())
     assert_seq_dim(ids_dims, 1, 512)
-    inputs, _ = build.example_inputs(SINGLE.envelope(), 50, CPU)
+    inputs, _ = export.example_inputs(SINGLE.envelope(), 50, CPU)
     assert inputs.shape == (1, 256)
 
 
 def test_dynamic_shapes_name_a_dynamic_batch():
     r = ShapeRange((1, 1), (4, 1), (8, 1))
     ps = ProfileSet(("decode",), (InputSpec("input_ids", profiles=(r,)), InputSpec("position_ids", profiles=(r,))))
-    ids_dims, _ = build.dynamic_shapes(ps.envelope())
+    ids_dims, _ = export.dynamic_shapes(ps.envelope())
     assert set(ids_dims) == {0}
     assert (ids_dims[0].__name__, ids_dims[0].min, ids_dims[0].max) == ("batch", 1, 8)
-    assert build.example_inputs(ps.envelope(), 10, CPU)[0].shape == (4, 1)
+    assert export.example_inputs(ps.envelope(), 10, CPU)[0].shape == (4, 1)
 
 
 # --- build: config.pbtxt -----------------------------------------------------------------

@@ -5,9 +5,9 @@ Pure logic, no Triton or GPU: ``python -m pytest tests/test_selection.py -q``.
 
 import pytest
 
-from llmprofiles.profile_sets import MULTI, SINGLE
-from llmprofiles.selection import AUTO, SelectionError, parse_choice, select_profile
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.selection import AUTO, SelectionError, parse_choice, select_profile
+from llmprofiles.profiles.sets import MULTI, SINGLE
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 DECODE = ShapeRange((1, 1), (1, 1), (1, 1))
 PREFILL = ShapeRange((1, 1), (1, 256), (1, 512))

@@ -15,8 +15,8 @@ import torch
 
 from llmprofiles.manifest import read_manifest
 from llmprofiles.models import LastTokenLM, default_position_ids, load_model
-from llmprofiles.profile_sets import MULTI
-from llmprofiles.triton import metric_sum
+from llmprofiles.profiles.sets import MULTI
+from llmprofiles.serving.launcher import metric_sum
 
 from conftest import REPO, free_port
 
@@ -212,7 +212,7 @@ def test_concurrent_mix_of_good_and_bad_requests_each_get_their_own_answer(trito
 
 
 def test_corrupt_engine_fails_load_saying_make_build(tmp_path):
-    from llmprofiles.triton import TritonServer
+    from llmprofiles.serving.launcher import TritonServer
 
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "llm", repo / "llm", symlinks=False)
@@ -226,7 +226,7 @@ def test_corrupt_engine_fails_load_saying_make_build(tmp_path):
 
 
 def test_missing_engine_fails_load_saying_make_build(tmp_path):
-    from llmprofiles.triton import TritonServer
+    from llmprofiles.serving.launcher import TritonServer
 
     repo = tmp_path / "repo"
     (repo / "llm" / "1").mkdir(parents=True)
@@ -240,7 +240,7 @@ def test_missing_engine_fails_load_saying_make_build(tmp_path):
 
 
 def test_server_split_accounts_for_every_request(triton_server):
-    from llmprofiles.bench import server_split
+    from bench.llm_bench import server_split
 
     c = Client("grpc", triton_server)
     before = triton_server.metrics()

@@ -1,4 +1,4 @@
-"""Request handling (llmprofiles.serving) against a tiny fake engine.
+"""Request handling (llmprofiles.serving.llm) against a tiny fake engine.
 
 The fake subclasses :class:`llmprofiles.engine.Engine`, so the real shape checks in
 ``Engine.run`` guard it; its ``_forward`` records every call. Pure logic, no
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from llmprofiles.engine import Engine
-from llmprofiles.profile_sets import MULTI, SINGLE
-from llmprofiles.selection import SelectionError
-from llmprofiles.serving import BadRequest, RequestHandler, Served, choice_from_parameters, validate
+from llmprofiles.profiles.selection import SelectionError
+from llmprofiles.profiles.sets import MULTI, SINGLE
+from llmprofiles.serving.llm import BadRequest, RequestHandler, Served, choice_from_parameters, validate
 
 VOCAB = 100
 

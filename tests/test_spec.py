@@ -5,8 +5,8 @@ Pure logic, no Triton or GPU: ``python -m pytest tests/test_spec.py -q``.
 
 import pytest
 
-from llmprofiles.profile_sets import MULTI, PROFILE_SETS, SINGLE
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.sets import MULTI, PROFILE_SETS, SINGLE
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 DECODE = ShapeRange((1, 1), (1, 1), (1, 1))
 PREFILL = ShapeRange((1, 1), (1, 256), (1, 512))

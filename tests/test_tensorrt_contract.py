@@ -20,12 +20,12 @@ import pytest
 import torch
 
 import tensorrt_standin as standin
-from llmprofiles import runtime_tensorrt as rt
-from llmprofiles.engine import load_engine
 from llmprofiles.manifest import EngineLoadError, write_manifest
-from llmprofiles.profile_sets import MULTI, SINGLE
-from llmprofiles.selection import SelectionError
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.selection import SelectionError
+from llmprofiles.profiles.sets import MULTI, SINGLE
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.runtimes import tensorrt as rt
+from llmprofiles.runtimes.load import load_engine
 
 VOCAB = 8
 DECODE, PREFILL = 0, 1
@@ -164,7 +164,7 @@ def test_build_refuses_cpu_and_non_fp16(monkeypatch, trt):
 def test_export_over_union_envelope_serves_decode_and_prefill_shapes():
     """The TensorRT-free part of the build, for real: the tiny model exported over the union."""
     from llmprofiles import models
-    from llmprofiles.build import export
+    from llmprofiles.export import export
 
     wrapper = models.LastTokenLM(models.load_model("tiny", torch.float32))
     exported = export(wrapper, MULTI.envelope(), wrapper.model.config.vocab_size, torch.device("cpu"))
@@ -192,7 +192,7 @@ def test_profiled_torch_tensorrt_inputs_construct_with_every_profile():
 
 
 def test_check_tensorrt_without_tensorrt_exits_2_naming_the_package(monkeypatch, capsys):
-    from llmprofiles import check_tensorrt
+    from llmprofiles.runtimes import check_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert check_tensorrt.main([]) == 2
@@ -332,7 +332,7 @@ def test_logits_are_the_engine_output_for_the_request_inputs(engine):
 
 
 def test_requests_through_the_handler_are_served_by_first_fit_on_the_engine(engine):
-    from llmprofiles.serving import BadRequest, RequestHandler
+    from llmprofiles.serving.llm import BadRequest, RequestHandler
 
     handler = RequestHandler(engine)
     assert [handler(*request(seq), None).profile_index for seq in (1, 64, 1)] == [DECODE, PREFILL, DECODE]

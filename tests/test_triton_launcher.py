@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from llmprofiles.triton import server_command
+from llmprofiles.serving.launcher import server_command
 
 from conftest import ROOT, free_port, require_built
 
@@ -27,7 +27,7 @@ def test_server_command_binds_loopback_with_model_control_none(tmp_path):
 def test_foreground_server_serves_on_the_given_ports(tmp_path):
     require_built("llm", "llm_single")
     http, grpc, metrics = free_port(), free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmprofiles.triton", "--http-port", str(http), "--grpc-port", str(grpc),
+    proc = subprocess.Popen([sys.executable, "-m", "llmprofiles.serving.launcher", "--http-port", str(http), "--grpc-port", str(grpc),
                              "--metrics-port", str(metrics), "--work-dir", str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -40,7 +40,7 @@ def test_foreground_server_serves_on_the_given_ports(tmp_path):
             except OSError:
                 time.sleep(0.5)
         else:
-            pytest.fail("server started by `python -m llmprofiles.triton` never became ready")
+            pytest.fail("server started by `python -m llmprofiles.serving.launcher` never became ready")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
             assert "llm_profile_requests_total" in r.read().decode()
     finally:

@@ -30,7 +30,7 @@ def alive(pid: int) -> bool:
 
 
 def test_busy_port_is_refused_before_any_server_starts(tmp_path):
-    from llmprofiles.triton import TritonServer
+    from llmprofiles.serving.launcher import TritonServer
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -45,7 +45,7 @@ def test_busy_port_is_refused_before_any_server_starts(tmp_path):
 
 STARTER = """
 import sys, time
-from llmprofiles.triton import TritonServer
+from llmprofiles.serving.launcher import TritonServer
 s = TritonServer(sys.argv[1], *map(int, sys.argv[2:5]), work=sys.argv[5], ready_timeout_s=120).start()
 print(s.pid, flush=True)
 time.sleep(600)

@@ -14,7 +14,8 @@ import time
 import torch
 from torch._dynamo.utils import compile_times
 
-from llmprofiles import fusion, models
+from llmprofiles import models
+from llmprofiles.runtimes import fusion
 
 model, specialize = sys.argv[1], sys.argv[2] == "1"
 wrapper = models.LastTokenLM(models.load_model(model, torch.float32)).eval()

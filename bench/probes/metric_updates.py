@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmprofiles.bench import call_order, noop_repo
+from bench.llm_bench import call_order, noop_repo
 from llmprofiles.loadgen import Caller, percentiles
-from llmprofiles.triton import TritonServer
+from llmprofiles.serving.launcher import TritonServer
 
 WORK = Path(tempfile.mkdtemp(prefix="metric_updates_"))
 

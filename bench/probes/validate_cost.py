@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from llmprofiles.engine import load_engine
-from llmprofiles.serving import validate
+from llmprofiles.runtimes.load import load_engine
+from llmprofiles.serving.llm import validate
 
 engine = load_engine("model_repository/llm/1", "cpu")
 ids, pos = torch.tensor([[5]]), torch.tensor([[7]])

@@ -12,8 +12,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from llmprofiles.engine import load_engine
-from llmprofiles.serving import LATENCY_BUCKETS_MS, BadRequest, RequestHandler
+from llmprofiles.runtimes.load import load_engine
+from llmprofiles.serving.llm import LATENCY_BUCKETS_MS, BadRequest, RequestHandler
 
 
 def _torch_input(request, name):

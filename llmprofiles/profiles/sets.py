@@ -4,7 +4,7 @@ The build, both runtimes, model.py, the clients and the tests all read these; th
 build copies the chosen set into the engine's manifest. Edit ranges here only.
 """
 
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 # Order is the profile index (and the engine's optimization-profile index).
 # decode comes first so that, under ordered first-fit, it wins the seq == 1

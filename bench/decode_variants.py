@@ -12,7 +12,7 @@ kernel profile of the replay (kernels per replay and GPU busy time, by kind and
 by the costliest kernels). Variants run in the order of their module changes
 (plain, fused, gemv, sqa), which are one-way.
 
-    python -m llmprofiles.decode_variants --model gemma-3-1b --variants plain,fused+gemv+cdt
+    python -m bench.decode_variants --model gemma-3-1b --variants plain,fused+gemv+cdt
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from llmprofiles import fusion, models
+from llmprofiles import models
 from llmprofiles.loadgen import percentiles
-from llmprofiles.runtime_portable import STATIC_OPTIONS, StaticGraphRunner
+from llmprofiles.runtimes import fusion
+from llmprofiles.runtimes.compiled import STATIC_OPTIONS, StaticGraphRunner
 
 CDT = {"coordinate_descent_tuning": True}
 NO_CDT = {"coordinate_descent_tuning": False}

@@ -11,7 +11,7 @@ FAIL, 2 when TensorRT, Torch-TensorRT or a GPU is missing.
 
 Run::
 
-    python -m llmprofiles.check_tensorrt      # or: make check-tensorrt
+    python -m llmprofiles.runtimes.check_tensorrt      # or: make check-tensorrt
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import torch
 
 from llmprofiles import models
 from llmprofiles.build import build
-from llmprofiles.engine import load_engine
-from llmprofiles.profile_sets import MULTI
-from llmprofiles.runtime_tensorrt import (TensorRTUnavailable, import_tensorrt, import_torch_tensorrt,
-                                          profile_mismatches, read_profile_table)
-from llmprofiles.selection import SelectionError
+from llmprofiles.profiles.selection import SelectionError
+from llmprofiles.profiles.sets import MULTI
+from llmprofiles.runtimes.load import load_engine
+from llmprofiles.runtimes.tensorrt import (TensorRTUnavailable, import_tensorrt, import_torch_tensorrt,
+                                           profile_mismatches, read_profile_table)
 
 # fp16 tolerance, elementwise: |trt - eager| <= ATOL + RTOL * |eager|. Both sides
 # round to fp16; on CPU, fp16 eager differs from fp32 eager by up to 0.011 at

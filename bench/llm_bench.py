@@ -7,7 +7,7 @@ interleaved so machine noise hits both engines alike. Writes
 
 Run (on a GPU, after ``make build DEVICE=cuda MODEL=gemma-3-1b``)::
 
-    python -m llmprofiles.bench --phase all
+    python -m bench.llm_bench --phase all
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def inputs(seq: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def load_measured(model: str, device: torch.device, seqs: list[int]):
     """Load one engine, run every regime once, and report its GPU memory (weights, graphs, workspaces)."""
-    from llmprofiles.engine import load_engine
+    from llmprofiles.runtimes.load import load_engine
 
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -108,7 +108,7 @@ def correctness(engine, eager, vocab: int, n: int, device) -> dict:
 
 
 def phase_engine(args) -> dict:
-    from llmprofiles.runtime_portable import wrapper_from_artifacts
+    from llmprofiles.runtimes.compiled import wrapper_from_artifacts
 
     device = torch.device("cuda:0")
     engines, memory = {}, {}
@@ -139,8 +139,8 @@ def phase_engine(args) -> dict:
 
 def decode_split(engine, vocab: int, iters: int) -> dict | None:
     """The multi engine's decode: CUDA graph replay alone (GPU time) vs the runner call (plus host copies)."""
-    from llmprofiles.decode_variants import kernel_profile, measure
-    from llmprofiles.runtime_portable import StaticGraphRunner
+    from bench.decode_variants import kernel_profile, measure
+    from llmprofiles.runtimes.compiled import StaticGraphRunner
 
     runner = engine.runners[engine.select({"input_ids": (1, 1), "position_ids": (1, 1)})]
     if not isinstance(runner, StaticGraphRunner) or runner.graph is None:
@@ -223,7 +223,7 @@ def server_split(before: dict, after: dict, model: str) -> dict | None:
     backend's execute (stub round trip included). For the ``llm`` models,
     ``handler`` is the model's own latency metric: checks, engine and GPU sync.
     """
-    from llmprofiles.triton import metric_sum
+    from llmprofiles.serving.launcher import metric_sum
 
     def delta(name: str, **labels: str) -> float | None:
         a, b = metric_sum(after, name, model=model, **labels), metric_sum(before, name, model=model, **labels)
@@ -242,7 +242,7 @@ def server_split(before: dict, after: dict, model: str) -> dict | None:
 
 
 def phase_triton(args) -> dict:
-    from llmprofiles.triton import TritonServer
+    from llmprofiles.serving.launcher import TritonServer
 
     manifest = read_manifest(REPO / "llm" / "1", verify=False)
     kind = "KIND_GPU" if manifest["device"] == "cuda" else "KIND_CPU"
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the benchmark needs a CUDA GPU (CI has none)")
     STATE.parent.mkdir(parents=True, exist_ok=True)
     state = json.loads(STATE.read_text()) if STATE.is_file() and a.phase != "all" else {}
-    command = "python -m llmprofiles.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.llm_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.phase != "report":  # the report phase rewrites saved results, wherever it runs
         state["env"] = environment()
         state.setdefault("commands", {})[a.phase] = command

@@ -7,7 +7,7 @@ running interpreter and the environment the stub needs.
 
 Run the server in the foreground::
 
-    python -m llmprofiles.triton --model-repository model_repository --http-port 8000
+    python -m llmprofiles.serving.launcher --model-repository model_repository --http-port 8000
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import torch
 
 from llmprofiles.engine import Engine
 from llmprofiles.manifest import EngineLoadError, profiles_of
-from llmprofiles.spec import InputSpec, ProfileSet, ShapeRange
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def trt_input_kwargs(profiles: ProfileSet) -> list[dict[str, Any]]:
     profiles gives its single range (or static shape), which Torch-TensorRT reuses
     in every profile. Needs no torch_tensorrt, so it is tested on any machine.
 
-    >>> from llmprofiles.profile_sets import MULTI
+    >>> from llmprofiles.profiles.sets import MULTI
     >>> [(kw["name"], len(kw["profiles"])) for kw in trt_input_kwargs(MULTI)]
     [('input_ids', 2), ('position_ids', 2)]
     """

@@ -15,7 +15,7 @@ import torch
 
 from llmprofiles.engine import Engine
 from llmprofiles.models import default_position_ids
-from llmprofiles.selection import AUTO, PARAMETER, SelectionError
+from llmprofiles.profiles.selection import AUTO, PARAMETER, SelectionError
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 

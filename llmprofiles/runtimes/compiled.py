@@ -1,21 +1,14 @@
-"""The portable PyTorch runtime: same profile semantics as TensorRT, no TensorRT.
+"""The torch.compile runtime (CUDA; also runs on CPU): one compile per profile.
 
-Two ways to specialise each profile, both sharing one copy of the weights:
-
-- ``aoti`` (CPU): one AOTInductor package per profile, compiled ahead of time
-  from the union export re-traced over that profile's range with its opt as the
-  size hint. Packages hold code only; the weights are loaded once and handed to
-  every package as user-managed constants.
-- ``torch-compile`` (CUDA; also runs on CPU): one ``torch.compile`` per profile
-  over the same module. A fully static profile (decode, seq == 1) is compiled
-  for that exact shape (matmuls autotuned for it) and replayed as a CUDA graph,
-  which removes per-kernel host overhead; a dynamic profile is compiled for its
-  range and warmed at its opt. Before compiling, sibling projections (q/k/v,
-  gate/up) are fused into one GEMM each, single-token inputs (decode, and
-  the last-token lm_head) are computed as tuned reductions, and so is the
-  attention of a single query token, instead of an SDPA kernel (``fusion.py``).
-  ``make build`` saves the compiler's cache artifacts so serving starts warm.
-  (AOTInductor CUDA packages segfault at load on the H200 machine with torch 2.11.)
+Every profile is a ``torch.compile`` of the same module, so the weights exist
+once. A fully static profile (decode, seq == 1) is compiled for that exact shape
+(matmuls autotuned for it) and replayed as a CUDA graph, which removes
+per-kernel host overhead; a dynamic profile is compiled for its range and warmed
+at its opt. Before compiling, sibling projections (q/k/v, gate/up) are fused
+into one GEMM each, single-token inputs (decode, and the last-token lm_head) are
+computed as tuned reductions, and so is the attention of a single query token,
+instead of an SDPA kernel (``fusion.py``). ``make build`` saves the compiler's
+cache artifacts so serving starts warm.
 """
 
 from __future__ import annotations
@@ -28,79 +21,17 @@ from typing import Any, Callable
 
 import torch
 
-from llmprofiles import fusion, models
+from llmprofiles import models
 from llmprofiles.engine import Engine
 from llmprofiles.manifest import EngineLoadError, profiles_of
-from llmprofiles.spec import ProfileSet
+from llmprofiles.profiles.spec import ProfileSet
+from llmprofiles.runtimes import fusion
+from llmprofiles.runtimes.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 COMPILE_CACHE = "compile_cache.bin"
 
-
-def package_name(index: int, name: str) -> str:
-    return f"profile_{index}_{name}.pt2"
-
-
-def load_weights(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(version_dir / "weights.safetensors"), device=str(device))
-    for alias, target in manifest.get("weight_aliases", {}).items():
-        weights[alias] = weights[target]  # tied tensors stay one tensor
-    return weights
-
-
-# --- AOTInductor (CPU) ---------------------------------------------------------
-
-def build_aoti(ctx, step) -> tuple[list[str], dict]:
-    from llmprofiles.build import export
-
-    vocab = ctx.wrapper.model.config.vocab_size
-    union = ctx.exported.module()
-    artifacts = []
-    for i, name in enumerate(ctx.profiles.names):
-        r = ctx.profiles.ranges(i)["input_ids"]
-        with step(f"profile {i} '{name}': AOTInductor package, {r.describe()}, tuned at {list(r.opt)}"):
-            ep = export(union, ctx.profiles.ranges(i), vocab, ctx.device)
-            path = ctx.version_dir / package_name(i, name)
-            torch._inductor.aoti_compile_and_package(
-                ep, package_path=str(path),
-                # Code only: every package gets the one shared copy of the weights at load.
-                inductor_configs={"aot_inductor.package_constants_in_so": False},
-            )
-            artifacts.append(path.name)
-    return artifacts, {}
-
-
-class AOTIEngine(Engine):
-    def __init__(self, profiles: ProfileSet, vocab_size: int, device: torch.device, runners: list[Callable]):
-        super().__init__(profiles, vocab_size, device)
-        self.runners = runners
-
-    def _forward(self, profile_index, input_ids, position_ids):
-        return self.runners[profile_index](input_ids, position_ids)
-
-
-def load_aoti(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> AOTIEngine:
-    if device.type != "cpu":
-        raise EngineLoadError(f"the aoti engine in {version_dir} is CPU-only; rebuild with RUNTIME=torch-compile for {device}")
-    profiles = profiles_of(manifest)
-    weights = load_weights(version_dir, manifest, device)
-    runners = []
-    for i, name in enumerate(profiles.names):
-        runner = torch._inductor.aoti_load_package(str(version_dir / package_name(i, name)))
-        fqns = runner.get_constant_fqns()
-        missing = [k for k in fqns if k not in weights]
-        if missing:
-            raise EngineLoadError(f"weights.safetensors in {version_dir} lacks {missing[:3]}; run `make build`")
-        # user_managed: the package uses these tensors in place, so all profiles share them.
-        runner.load_constants({k: weights[k] for k in fqns}, check_full_update=True, user_managed=True)
-        runners.append(runner)
-    return AOTIEngine(profiles, manifest["vocab_size"], device, runners)
-
-
-# --- torch.compile (CUDA) ------------------------------------------------------
 
 # Dynamo settings while a profile is compiled (Dynamo traces on the first calls).
 # Float attributes of the model (norm eps, embedding and attention scales) become
@@ -245,13 +176,3 @@ def build_compiled(ctx, step) -> tuple[list[str], dict]:
             return [], {}
         (ctx.version_dir / COMPILE_CACHE).write_bytes(artifacts[0])
     return [COMPILE_CACHE], {}
-
-
-def build_portable(ctx, step) -> tuple[list[str], dict]:
-    return build_aoti(ctx, step) if ctx.runtime == "aoti" else build_compiled(ctx, step)
-
-
-def load_portable(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> Engine:
-    if manifest["runtime"] == "aoti":
-        return load_aoti(version_dir, manifest, device)
-    return load_compiled(version_dir, manifest, device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from llmprofiles.spec import ProfileSet
+from llmprofiles.profiles.spec import ProfileSet
 
 AUTO = "auto"
 PARAMETER = "optimization_profile"  # the per-request Triton parameter carrying the choice
@@ -21,7 +21,7 @@ class SelectionError(ValueError):
 def parse_choice(profiles: ProfileSet, value: object) -> int | None:
     """Turn an ``optimization_profile`` parameter into an index, or None for auto.
 
-    >>> from llmprofiles.profile_sets import MULTI
+    >>> from llmprofiles.profiles.sets import MULTI
     >>> parse_choice(MULTI, "auto"), parse_choice(MULTI, "prefill"), parse_choice(MULTI, 0)
     (None, 1, 0)
     """

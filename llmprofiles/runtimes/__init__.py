@@ -1,0 +1,1 @@
+"""Engine runtimes (AOTInductor, torch.compile, TensorRT) behind the Engine boundary; ``load.py`` dispatches."""

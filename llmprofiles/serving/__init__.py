@@ -1,0 +1,1 @@
+"""Serving: request checks for the Triton models and the tritonserver launcher."""
