@@ -16,6 +16,11 @@ TORCH_SPEC   ?= torch==2.13.0
 PYTRITON     ?= nvidia-pytriton==0.7.0
 BENCH_MODEL  ?= gemma-3-1b
 BENCH_ARGS   ?=
+# Generate model overrides (empty = the model's declaration in llmprofiles/profiles/sets.py).
+GEN_SLOTS    ?=
+GEN_CONTEXT  ?=
+GEN_DECODE_BUCKETS  ?=
+GEN_PREFILL_BUCKETS ?=
 
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export PYTHONUNBUFFERED := 1
@@ -23,6 +28,9 @@ export PYTHONUNBUFFERED := 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE)
+GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
+	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
+	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS))
 
 .PHONY: help setup build serve demo test bench bench-decode check-tensorrt clean
 
@@ -38,11 +46,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# tritonserver ships inside the pytriton wheel; its Python deps are not needed to run the binary.
 	$(PY) -m pip install -q --no-deps "$(PYTRITON)"
+	# The 24.10 Python backend stub sends BYTES outputs (generate's text) empty under numpy 2.
+	$(PY) -m pip install -q "numpy<2"
 	touch $@
 
-build: $(SETUP)  ## build the multi-profile engine (llm) and the single-profile baseline (llm_single)
+build: $(SETUP)  ## build the multi-profile engine (llm), the single-profile baseline (llm_single) and the generate model
 	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set multi --out model_repository/llm
 	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
+	$(PY) build/build_generate.py $(GEN_ARGS) --out model_repository/generate
 
 serve: build  ## run tritonserver in the foreground on 127.0.0.1
 	$(PY) -m llmprofiles.serving.launcher --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)

@@ -4,6 +4,7 @@ The build, both runtimes, model.py, the clients and the tests all read these; th
 build copies the chosen set into the engine's manifest. Edit ranges here only.
 """
 
+from llmprofiles.profiles.generation import GenerationSpec
 from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 
 # Order is the profile index (and the engine's optimization-profile index).
@@ -31,3 +32,19 @@ SINGLE = ProfileSet(
 )
 
 PROFILE_SETS = {"multi": MULTI, "single": SINGLE}
+
+# The generate model's step profiles, per model: decode buckets over batch size
+# (seq == 1) come first, then prefill buckets over prompt length (batch == 1);
+# GenerationSpec.profiles() turns them into one ordered ProfileSet. Slots x
+# max_context is the KV pool. `make build` can override each field.
+GENERATE = {
+    "tiny": GenerationSpec(slots=8, max_context=512, decode_buckets=(1, 2, 4, 8), prefill_buckets=(16, 32, 64, 128)),
+    # gemma-3-1b shapes on the H200: 64 slots x 2048 positions is a 3.5 GB fp16 KV pool.
+    "gemma-3-1b": GenerationSpec(slots=64, max_context=2048, decode_buckets=(1, 2, 4, 8, 16, 32, 64),
+                                 prefill_buckets=(64, 128, 256, 512)),
+}
+
+
+def generate_spec(model: str) -> GenerationSpec:
+    """The declared generate spec of a preset; a local model folder gets the gemma-3-1b one."""
+    return GENERATE.get(model, GENERATE["gemma-3-1b"])

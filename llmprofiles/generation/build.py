@@ -1,0 +1,158 @@
+"""Build the ``generate`` model: weights once, a tokenizer, the step profiles, config.pbtxt.
+
+The profiles come from the one declaration (``profiles/sets.py``: ``GENERATE``),
+with build-time overrides, and are written to the manifest, where model.py reads
+them. Skips the work when nothing it depends on changed.
+
+Run (``make build`` calls it through build/build_generate.py)::
+
+    python -m llmprofiles.generation.build --model tiny --out model_repository/generate --slots 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from llmprofiles import models
+from llmprofiles.build import DTYPES, MODEL_CONFIG, WEIGHTS, source_fingerprint, step
+from llmprofiles.generation import tokenizer as tok
+from llmprofiles.generation.forward import ModelShape
+from llmprofiles.manifest import EngineLoadError, read_manifest, sha256_file, sha256_json, write_manifest
+from llmprofiles.profiles.generation import GenerationSpec, parse_buckets
+from llmprofiles.profiles.sets import generate_spec
+
+RUNTIME = "kv-portable"
+CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
+
+# Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
+INPUTS = (
+    ("text_input", "TYPE_STRING"), ("input_ids", "TYPE_INT64", "-1"),
+    ("max_tokens", "TYPE_INT32"), ("min_tokens", "TYPE_INT32"),
+    ("stream", "TYPE_BOOL"), ("exclude_input_in_output", "TYPE_BOOL"),
+    ("temperature", "TYPE_FP32"), ("top_k", "TYPE_INT32"), ("top_p", "TYPE_FP32"), ("seed", "TYPE_UINT64"),
+    ("end_id", "TYPE_INT32"), ("sampling_parameters", "TYPE_STRING"),
+    ("return_num_input_tokens", "TYPE_BOOL"), ("return_num_output_tokens", "TYPE_BOOL"),
+)
+OUTPUTS = (
+    ("text_output", "TYPE_STRING", "-1"), ("output_ids", "TYPE_INT64", "-1"), ("finish_reason", "TYPE_STRING", "-1"),
+    ("num_input_tokens", "TYPE_UINT32", "1"), ("num_output_tokens", "TYPE_UINT32", "1"),
+)
+
+
+def write_triton_config(model_dir: Path, device: torch.device, max_queue: int) -> None:
+    """config.pbtxt of the decoupled generate model."""
+    def rows(specs, optional):
+        return ",\n".join(
+            f'  {{ name: "{s[0]}", data_type: {s[1]}, dims: [ {s[2] if len(s) > 2 else "1"} ]'
+            + (", optional: true" if optional else "") + " }" for s in specs)
+
+    kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
+    (model_dir / "config.pbtxt").write_text(f"""\
+# Written by `make build` (llmprofiles.generation.build): do not edit.
+backend: "python"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+input [
+{rows(INPUTS, optional=True)}
+]
+output [
+{rows(OUTPUTS, optional=False)}
+]
+instance_group [ {{ count: 1, kind: {kind} }} ]
+parameters [
+  {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }}
+]
+""")
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict with tied tensors stored once (the engine re-ties lm_head to the embedding)."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, model_dir: Path,
+                   max_queue: int, force: bool = False) -> dict:
+    device_t = torch.device(device)
+    version_dir = model_dir / "1"
+    pkg = Path(__file__).parents[1]
+    inputs = {"source": source_fingerprint(source), "generation": spec.to_dict(), "device": device_t.type,
+              "dtype": dtype, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
+              "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
+    inputs_hash = sha256_json(inputs)
+    if not force:
+        try:
+            old = read_manifest(version_dir)
+            if old.get("inputs_hash") == inputs_hash:
+                print(f"{model_dir.name}: up to date ({version_dir}/manifest.json, inputs {inputs_hash[:12]})")
+                write_triton_config(model_dir, device_t, max_queue)
+                return old
+        except EngineLoadError:
+            pass
+    profiles = spec.profiles()
+    print(f"{model_dir.name}: building generate engine, {spec.slots} slots x {spec.max_context} context, "
+          f"{len(profiles)} step profiles {list(profiles.names)}, model {source}, {dtype} on {device_t}")
+    for f in version_dir.glob("*"):
+        if f.name != "model.py":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    version_dir.mkdir(parents=True, exist_ok=True)
+    with step("load model"):
+        hf = models.load_model(source, DTYPES[dtype], "cpu")
+    config = hf.config.to_dict()
+    ModelShape.from_config(config)  # refuse an unsupported architecture now, not at serve time
+    (version_dir / MODEL_CONFIG).write_text(hf.config.to_json_string())
+    with step("save weights (one copy, shared by every step profile)"):
+        save_weights(hf, version_dir / WEIGHTS)
+    with step("tokenizer"):
+        if source in models.PRESETS:
+            files = tok.train_bpe(hf.config.vocab_size, version_dir, spec.max_context)
+        else:
+            files = tok.copy_tokenizer(Path(source), version_dir)
+    manifest = write_manifest(version_dir, {
+        "inputs_hash": inputs_hash, "model": source, "runtime": RUNTIME, "generation": spec.to_dict(),
+        "profiles": profiles.to_dict(), "device": device_t.type, "dtype": dtype, "vocab_size": hf.config.vocab_size,
+        "versions": inputs["versions"],
+    }, [MODEL_CONFIG, WEIGHTS, *files])
+    write_triton_config(model_dir, device_t, max_queue)
+    print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help=f"a preset {sorted(models.PRESETS)} or a local Hugging Face model dir")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device the engine is served on")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto = float32 on CPU, float16 on CUDA")
+    p.add_argument("--out", type=Path, required=True, help="Triton model folder, e.g. model_repository/generate")
+    p.add_argument("--slots", type=int, help="KV-cache sequence slots (default: the model's declared spec)")
+    p.add_argument("--max-context", type=int, help="positions per slot, prompt plus output")
+    p.add_argument("--decode-buckets", type=parse_buckets, help="decode batch buckets, e.g. 1,2,4,8")
+    p.add_argument("--prefill-buckets", type=parse_buckets, help="prefill length buckets, e.g. 64,128,256")
+    p.add_argument("--max-queue", type=int, help="requests that may wait for a slot (default: 4 x slots)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dtype = a.dtype if a.dtype != "auto" else ("float16" if a.device == "cuda" else "float32")
+    try:
+        spec = generate_spec(a.model).replace(slots=a.slots, max_context=a.max_context,
+                                              decode_buckets=a.decode_buckets, prefill_buckets=a.prefill_buckets)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"generate spec: {e}") from None
+    max_queue = a.max_queue if a.max_queue is not None else 4 * spec.slots
+    if max_queue < 0:
+        raise SystemExit(f"--max-queue {max_queue} must be >= 0")
+    build_generate(a.model, spec, a.device, dtype, a.out, max_queue, a.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

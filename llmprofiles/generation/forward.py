@@ -1,0 +1,190 @@
+"""One engine step of a Gemma3-family causal LM over a pool of KV-cache slots.
+
+A step takes tokens ``[batch, seq]``, the KV slot of each row and the position of
+each row's first token. It writes every token's keys and values into the pool at
+``(slot, position)``, attends each query to the keys of its own slot up to its
+position (and inside the sliding window on local layers), and returns the logits
+of one chosen token per row. Prefill is ``batch == 1`` over a prompt chunk;
+decode is ``seq == 1`` over many sequences. Both are the same function.
+
+Written gpt-fast style from the Hugging Face Gemma3 definition, so serving needs
+no ``transformers`` import: weights come from safetensors, settings from the
+model's ``config.json``. Sibling projections (q/k/v, gate/up) are held as one
+fused matrix each; the unfused tensors are dropped, so the weights exist once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("gemma3_text",)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    query_pre_attn_scalar: float
+    sliding_window: int
+    layer_sliding: tuple[bool, ...]
+    rope_theta: tuple[float, ...]  # per layer
+    rope_factor: tuple[float, ...]  # per layer (linear scaling; 1.0 = none)
+    final_logit_softcapping: float | None
+    eos_token_id: int
+    bos_token_id: int | None
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelShape:
+        if cfg.get("model_type") not in SUPPORTED:
+            raise ValueError(f"the generate engine supports model types {list(SUPPORTED)}, "
+                             f"got {cfg.get('model_type')!r}")
+        if cfg.get("attn_logit_softcapping") is not None:
+            raise ValueError("attn_logit_softcapping is not supported by the generate engine")
+        if cfg.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+            raise ValueError(f"hidden_activation {cfg['hidden_activation']!r} is not supported; expected gelu_pytorch_tanh")
+        layer_types = cfg["layer_types"]
+        rope = cfg["rope_parameters"]
+        thetas, factors = [], []
+        for t in layer_types:
+            p = rope[t]
+            kind = p.get("rope_type", "default")
+            if kind not in ("default", "linear"):
+                raise ValueError(f"rope_type {kind!r} ({t}) is not supported; expected default or linear")
+            thetas.append(float(p["rope_theta"]))
+            factors.append(float(p.get("factor", 1.0)) if kind == "linear" else 1.0)
+        eos = cfg.get("eos_token_id")
+        return cls(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"], num_kv_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"],
+            rms_norm_eps=cfg["rms_norm_eps"], query_pre_attn_scalar=cfg["query_pre_attn_scalar"],
+            sliding_window=cfg["sliding_window"], layer_sliding=tuple(t == "sliding_attention" for t in layer_types),
+            rope_theta=tuple(thetas), rope_factor=tuple(factors),
+            final_logit_softcapping=cfg.get("final_logit_softcapping"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos, bos_token_id=cfg.get("bos_token_id"),
+        )
+
+
+def fuse_weights(shape: ModelShape, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF state-dict names to this module's: q/k/v and gate/up concatenated, lm_head tied if absent.
+
+    The source tensors are dropped from the returned dict, so only the fused copy stays alive.
+    """
+    w = dict(weights)
+    out = {"embed": w.pop("model.embed_tokens.weight"), "norm": w.pop("model.norm.weight")}
+    out["lm_head"] = w.pop("lm_head.weight", out["embed"])
+    for i in range(shape.num_layers):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        out[f"{i}.qkv"] = torch.cat([w.pop(a + "q_proj.weight"), w.pop(a + "k_proj.weight"), w.pop(a + "v_proj.weight")])
+        out[f"{i}.o"] = w.pop(a + "o_proj.weight")
+        out[f"{i}.q_norm"] = w.pop(a + "q_norm.weight")
+        out[f"{i}.k_norm"] = w.pop(a + "k_norm.weight")
+        m = p + "mlp."
+        out[f"{i}.gate_up"] = torch.cat([w.pop(m + "gate_proj.weight"), w.pop(m + "up_proj.weight")])
+        out[f"{i}.down"] = w.pop(m + "down_proj.weight")
+        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            out[f"{i}.{n}"] = w.pop(p + n + ".weight")
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # As Gemma3RMSNorm: in float32, scaled by (1 + w), then back to x's dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (1.0 + weight.float())).type_as(x)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KVForward(torch.nn.Module):
+    """The step function: weights plus the KV pool ``[layers, slots, max_context, kv_heads, head_dim]``."""
+
+    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor):
+        super().__init__()
+        self.shape = shape
+        self.w = weights
+        self.k_pool, self.v_pool = k_pool, v_pool
+        dtype, device = weights["embed"].dtype, weights["embed"].device
+        self.embed_scale = torch.tensor(shape.hidden_size ** 0.5).to(dtype)
+        self.inv_freq = [
+            1.0 / (theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float) / shape.head_dim)) / factor
+            for theta, factor in zip(shape.rope_theta, shape.rope_factor)
+        ]
+        self.inv_freq = [f.to(device) for f in self.inv_freq]
+        self.scale = shape.query_pre_attn_scalar ** -0.5
+
+    def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq[layer]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                write_slots: torch.Tensor, write_pos: torch.Tensor, last: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Logits ``[batch, vocab]`` of token ``last[b]`` of each row.
+
+        tokens, positions ``[B, S]``; token ``(b, t)`` writes its keys and values at
+        ``(write_slots[b, t], write_pos[b, t])`` of the pool, and row ``b`` attends to the first
+        ``kv_len`` positions of pool slot ``slots[b]``, causally and (on local layers) inside the
+        sliding window. ``kv_len`` must exceed every real token's position. Padding tokens write a
+        scratch slot, so they never touch a live sequence.
+        """
+        s, w = self.shape, self.w
+        B, S = tokens.shape
+        kv_pos = torch.arange(kv_len, device=tokens.device)
+        causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
+        window = kv_pos[None, None, :] > positions[:, :, None] - s.sliding_window
+        masks = {False: causal[:, None], True: (causal & window)[:, None]}
+        x = F.embedding(tokens, w["embed"]) * self.embed_scale
+        q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in range(s.num_layers):
+            residual = x
+            h = rms_norm(x, w[f"{i}.input_layernorm"], s.rms_norm_eps)
+            q, k, v = (h @ w[f"{i}.qkv"].t()).split([q_size, kv_size, kv_size], dim=-1)
+            q = rms_norm(q.view(B, S, s.num_heads, s.head_dim), w[f"{i}.q_norm"], s.rms_norm_eps)
+            k = rms_norm(k.view(B, S, s.num_kv_heads, s.head_dim), w[f"{i}.k_norm"], s.rms_norm_eps)
+            v = v.view(B, S, s.num_kv_heads, s.head_dim)
+            key = (s.rope_theta[i], s.rope_factor[i])
+            if key not in rope_cache:
+                rope_cache[key] = self.rotary(i, positions, x.dtype)
+            cos, sin = (t[:, :, None, :] for t in rope_cache[key])
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            # Write this step's keys and values into each row's slot, then read the slot back.
+            self.k_pool[i][write_slots, write_pos] = k
+            self.v_pool[i][write_slots, write_pos] = v
+            keys = self.k_pool[i][slots, :kv_len].transpose(1, 2)  # [B, kvh, T, D]
+            values = self.v_pool[i][slots, :kv_len].transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=masks[s.layer_sliding[i]], scale=self.scale,
+                enable_gqa=s.num_heads != s.num_kv_heads,
+            )
+            x = out.transpose(1, 2).reshape(B, S, q_size) @ w[f"{i}.o"].t()
+            x = residual + rms_norm(x, w[f"{i}.post_attention_layernorm"], s.rms_norm_eps)
+            residual = x
+            h = rms_norm(x, w[f"{i}.pre_feedforward_layernorm"], s.rms_norm_eps)
+            gate, up = (h @ w[f"{i}.gate_up"].t()).chunk(2, dim=-1)
+            h = (F.gelu(gate, approximate="tanh") * up) @ w[f"{i}.down"].t()
+            x = residual + rms_norm(h, w[f"{i}.post_feedforward_layernorm"], s.rms_norm_eps)
+        x = x[torch.arange(B, device=x.device), last]  # [B, hidden]: only the tokens whose logits are used
+        logits = rms_norm(x, w["norm"], s.rms_norm_eps) @ w["lm_head"].t()
+        if s.final_logit_softcapping is not None:
+            logits = torch.tanh(logits / s.final_logit_softcapping) * s.final_logit_softcapping
+        return logits
+
+
+def kv_pool_bytes(shape: ModelShape, slots: int, max_context: int, dtype: torch.dtype) -> int:
+    """Bytes of the K and V pools for ``slots`` sequences (plus one scratch slot) of ``max_context``."""
+    per = shape.num_layers * (slots + 1) * max_context * shape.num_kv_heads * shape.head_dim
+    return 2 * per * torch.tensor([], dtype=dtype).element_size()

@@ -1,0 +1,68 @@
+"""Next-token choice for a batch of rows, on the logits' device.
+
+Greedy rows (temperature 0) take the argmax of all rows at once. Sampled rows
+apply temperature, top-k and top-p, then draw from their own seeded generator,
+so a seed gives the same tokens whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What a request asks of the sampler; validated by the serving layer."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no limit
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """One row's logits with tokens outside top-k and outside the top-p nucleus set to -inf."""
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the first one always stays.
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           banned: list[int | None]) -> list[int]:
+    """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens)."""
+    logits = logits.float()
+    for i, token in enumerate(banned):
+        if token is not None:
+            logits[i, token] = float("-inf")
+    out = logits.argmax(dim=-1)
+    for i, p in enumerate(params):
+        if p.greedy:
+            continue
+        row = filter_logits(logits[i] / p.temperature, p.top_k, p.top_p)
+        out[i] = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i])[0]
+    return out.tolist()
+
+
+def generator_for(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A generator seeded from the request (a fresh random seed when it gives none); None when greedy."""
+    if params.greedy:
+        return None
+    g = torch.Generator(device=device)
+    if params.seed is None:
+        g.seed()
+    else:
+        g.manual_seed(params.seed)
+    return g

@@ -1,0 +1,292 @@
+"""Continuous batching over the generate engine's slots.
+
+One scheduler thread owns the engine, the slots and every response. Each
+iteration of :meth:`Scheduler.run_once`:
+
+1. drops cancelled requests, freeing their slots at once;
+2. admits waiting requests into free slots;
+3. prefills one chunk of one admitted prompt (the largest prefill bucket at
+   most), so long prompts never stall the running batch for long;
+4. runs one decode step for every running sequence (in groups of the largest
+   decode bucket), samples, and emits the new tokens.
+
+A request joins the decode batch as soon as its prefill ends and leaves it when
+it finishes; nobody waits for anybody else to finish. When every slot is busy,
+requests wait in a bounded queue; past the bound :meth:`submit` refuses at once.
+Everything a request sees goes through ``emit`` on the scheduler thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmprofiles.generation.detokenizer import IncrementalDetokenizer
+from llmprofiles.generation.sampler import SamplingParams, generator_for, sample
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Every slot is busy and the waiting queue is at its bound."""
+
+
+@dataclass
+class GenerateRequest:
+    """One validated request. ``sink`` is the serving layer's handle (Triton's response sender)."""
+
+    prompt_ids: list[int]
+    max_tokens: int = 16
+    min_tokens: int = 0
+    sampling: SamplingParams = SamplingParams()
+    end_id: int | None = None
+    stream: bool = False
+    exclude_input: bool = True
+    prompt_text: str | None = None
+    sink: Any = None
+    is_cancelled: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class Output:
+    """What one response carries: new ids and their text; on the last, the finish reason."""
+
+    request: GenerateRequest
+    ids: list[int]
+    text: str
+    final: bool
+    finish_reason: str = ""
+    num_input_tokens: int = 0
+    num_output_tokens: int = 0
+    error: str | None = None
+    error_kind: str = "internal"  # "invalid" (the request's fault), "unavailable" (busy), "internal"
+
+
+@dataclass
+class Sequence:
+    request: GenerateRequest
+    slot: int
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+    submitted: float
+    prefilled: int = 0
+    generated: list[int] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)  # not yet sent (stream=false sends at the end)
+    pending_text: str = ""
+    output_tokens: int = 0  # generated tokens that are part of the output (an end token is not)
+    prompt_sent: bool = False
+    last_token_at: float = 0.0
+
+    @property
+    def length(self) -> int:
+        return len(self.request.prompt_ids) + len(self.generated)
+
+
+class Observer:
+    """Hooks for metrics; every call comes from the scheduler thread. The defaults do nothing."""
+
+    def step(self, profile_index: int, tokens: int) -> None: ...
+    def first_token(self, ttft_ms: float, prompt_tokens: int) -> None: ...
+    def tokens(self, itl_ms: list[float]) -> None: ...
+    def gauges(self, active: int, queued: int) -> None: ...
+
+
+class Scheduler:
+    """Owns slots and sequences; call :meth:`run_once` in a loop (:meth:`start` runs that loop in a thread)."""
+
+    def __init__(self, engine, tokenizer, emit: Callable[[Output], None], max_queue: int = 64,
+                 observer: Observer | None = None):
+        self.engine, self.tokenizer, self.emit = engine, tokenizer, emit
+        self.max_queue = max_queue
+        self.observer = observer or Observer()
+        self.eos_id = engine.shape.eos_token_id
+        self._lock = threading.Condition()
+        self._waiting: deque[tuple[GenerateRequest, float]] = deque()
+        self._rejects: deque[Output] = deque()
+        self._prefilling: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # --- called from any thread --------------------------------------------------
+
+    def submit(self, request: GenerateRequest) -> None:
+        """Queue a request; raise QueueFull when it would wait beyond the bound."""
+        with self._lock:
+            waiting_beyond_slots = len(self._waiting) - self.engine.pool.free
+            if waiting_beyond_slots >= self.max_queue:
+                raise QueueFull(
+                    f"server busy: all {self.engine.spec.slots} sequence slots are in use and "
+                    f"{max(waiting_beyond_slots, 0)} requests are queued (the bound is {self.max_queue}); retry later")
+            self._waiting.append((request, time.perf_counter()))
+            self._lock.notify()
+
+    def reject(self, request: GenerateRequest, message: str, kind: str = "invalid") -> None:
+        """Send ``message`` as this request's error, from the scheduler thread."""
+        with self._lock:
+            self._rejects.append(Output(request, [], "", final=True, error=message, error_kind=kind))
+            self._lock.notify()
+
+    @property
+    def active(self) -> int:
+        return len(self._prefilling) + len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="generate-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still in flight end with finish reason ``cancelled``."""
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread:
+            self._thread.join(timeout)
+        for seq in [*self._prefilling, *self._running]:
+            self._finish(seq, "cancelled")
+        while self._waiting:
+            request, _ = self._waiting.popleft()
+            self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
+                             num_input_tokens=len(request.prompt_ids)))
+
+    # --- the scheduler thread -------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._stop or self._waiting or self._rejects or self.active):
+                    self._lock.wait()
+                if self._stop:
+                    return
+            try:
+                self.run_once()
+            except Exception as e:  # an engine fault ends the requests in flight, not the server
+                log.exception("generate step failed")
+                for seq in [*self._prefilling, *self._running]:
+                    self._drop(seq)
+                    self.emit(Output(seq.request, [], "", final=True, error=f"internal engine error: {e}"))
+
+    def run_once(self) -> bool:
+        """One iteration; True when it did any work."""
+        with self._lock:
+            rejects, self._rejects = list(self._rejects), deque()
+        for out in rejects:
+            self.emit(out)
+        did = bool(rejects) | self._drop_cancelled() | self._admit()
+        if self._prefilling:
+            self._prefill_chunk(self._prefilling[0])
+            did = True
+        if self._running:
+            self._decode()
+            did = True
+        self.observer.gauges(self.active, self.queued)
+        return did
+
+    def _drop_cancelled(self) -> bool:
+        dropped = False
+        with self._lock:
+            cancelled = [r for r, _ in self._waiting if r.is_cancelled()]
+            if cancelled:
+                self._waiting = deque((r, t) for r, t in self._waiting if r not in cancelled)
+        for request in cancelled:
+            self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
+                             num_input_tokens=len(request.prompt_ids)))
+            dropped = True
+        for seq in [*self._prefilling, *self._running]:
+            if seq.request.is_cancelled():
+                self._finish(seq, "cancelled")
+                dropped = True
+        return dropped
+
+    def _admit(self) -> bool:
+        admitted = False
+        with self._lock:
+            while self._waiting and self.engine.pool.free:
+                request, submitted = self._waiting.popleft()
+                seq = Sequence(request, self.engine.pool.alloc(), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                               generator_for(request.sampling, self.engine.device), submitted)
+                self._prefilling.append(seq)
+                admitted = True
+        return admitted
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        prompt = seq.request.prompt_ids
+        chunk = prompt[seq.prefilled:seq.prefilled + self.engine.spec.max_chunk]
+        logits, index = self.engine.prefill(seq.slot, chunk, seq.prefilled)
+        self.observer.step(index, len(chunk))
+        seq.prefilled += len(chunk)
+        if seq.prefilled < len(prompt):
+            return
+        self._prefilling.popleft()
+        now = time.perf_counter()
+        self.observer.first_token((now - seq.submitted) * 1e3, len(prompt))
+        seq.last_token_at = now
+        self._running.append(seq)
+        self._accept([seq], logits, first=True)
+
+    def _decode(self) -> None:
+        batch = self.engine.spec.max_batch
+        for start in range(0, len(self._running), batch):
+            group = self._running[start:start + batch]
+            logits, index = self.engine.decode([s.slot for s in group], [s.generated[-1] for s in group],
+                                               [s.length - 1 for s in group])
+            self.observer.step(index, len(group))
+            self._accept(group, logits, first=False)
+
+    def _accept(self, group: list[Sequence], logits: torch.Tensor, first: bool) -> None:
+        banned = [self._end_id(s) if len(s.generated) < s.request.min_tokens else None for s in group]
+        tokens = sample(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
+        now = time.perf_counter()
+        if not first:
+            self.observer.tokens([(now - s.last_token_at) * 1e3 for s in group])
+        for seq, token in zip(group, tokens):
+            seq.last_token_at = now
+            seq.generated.append(token)
+            stop = token == self._end_id(seq) and len(seq.generated) > seq.request.min_tokens
+            if not stop:  # the end token itself is not part of the output
+                seq.output_tokens += 1
+                seq.pending_ids.append(token)
+                seq.pending_text += seq.detok.add([token])
+            if stop:
+                self._finish(seq, "stop")
+            elif len(seq.generated) >= seq.request.max_tokens:
+                self._finish(seq, "length")
+            elif seq.request.stream:
+                self._send(seq, final=False)
+
+    def _end_id(self, seq: Sequence) -> int:
+        return self.eos_id if seq.request.end_id is None else seq.request.end_id
+
+    def _send(self, seq: Sequence, final: bool, reason: str = "") -> None:
+        r = seq.request
+        ids, text = seq.pending_ids, seq.pending_text
+        seq.pending_ids, seq.pending_text = [], ""
+        if not r.exclude_input and not seq.prompt_sent:  # the first response carries the prompt
+            ids = r.prompt_ids + ids
+            text = (r.prompt_text if r.prompt_text is not None else self.tokenizer.decode(r.prompt_ids)) + text
+            seq.prompt_sent = True
+        self.emit(Output(r, ids, text, final=final, finish_reason=reason, num_input_tokens=len(r.prompt_ids),
+                         num_output_tokens=seq.output_tokens))
+
+    def _drop(self, seq: Sequence) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
+        self.engine.pool.release(seq.slot)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self._drop(seq)
+        seq.pending_text += seq.detok.flush()
+        self._send(seq, final=True, reason=reason)

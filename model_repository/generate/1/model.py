@@ -1,0 +1,92 @@
+"""Triton Python-backend model (decoupled): text generation with continuous batching.
+
+Thin by design: request checks (``llmprofiles.serving.generate``), the scheduler
+and the KV-cache engine (``llmprofiles.generation``) are tested without Triton.
+This file adapts Triton's tensors, response senders, errors and metrics.
+
+``execute`` only checks and queues a request. One scheduler thread runs every
+engine step and sends every response (sending from one thread per request
+crashed tritonserver 2.51 under concurrency).
+"""
+
+import json
+import threading
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from llmprofiles.generation.engine import load_generation_engine
+from llmprofiles.generation.scheduler import GenerateRequest, QueueFull, Scheduler
+from llmprofiles.generation.tokenizer import Tokenizer
+from llmprofiles.serving.generate import (INPUT_NAMES, Limits, MetricsObserver, check_shapes, parse_request,
+                                          response_arrays)
+from llmprofiles.serving.llm import BadRequest
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        # pb_utils' error codes exist only once the stub serves (not at import, during auto-complete).
+        self.error_codes = {"invalid": pb_utils.TritonError.INVALID_ARG,
+                            "unavailable": pb_utils.TritonError.UNAVAILABLE, "internal": pb_utils.TritonError.INTERNAL}
+        device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.engine = load_generation_engine(version_dir, device)  # EngineLoadError fails the load: `make build`
+        self.tokenizer = Tokenizer(version_dir)
+        self.limits = Limits(self.engine.vocab_size, self.engine.spec.max_context, self.engine.shape.eos_token_id)
+        max_queue = int(config["parameters"]["max_queue"]["string_value"])
+        self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
+        self.scheduler = Scheduler(self.engine, self.tokenizer, self._emit, max_queue, self.observer)
+        self.scheduler.start()
+        self._warm_up()
+        pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
+                                 f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}")
+
+    def _warm_up(self):
+        """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread."""
+        self.engine.warm_up()
+        spec = self.engine.spec
+        for length in (1, *spec.prefill_buckets, spec.max_chunk + 1):
+            if length + 2 > spec.max_context:
+                continue
+            done = threading.Event()
+            self.scheduler.submit(GenerateRequest([3] * length, max_tokens=2, stream=True, sink=done))
+            if not done.wait(600):
+                raise RuntimeError(f"warm-up request of {length} tokens did not finish")
+
+    def _emit(self, out):
+        sink = out.request.sink
+        if isinstance(sink, threading.Event):  # a warm-up request
+            if out.final:
+                sink.set()
+            return
+        sender, flags = sink
+        if out.error is not None:
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
+        else:
+            tensors = [pb_utils.Tensor(name, array) for name, array in response_arrays(out, flags).items()]
+            response = pb_utils.InferenceResponse(output_tensors=tensors)
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.final else 0)
+        except Exception as e:  # the client is gone; its slot is already free or freed at the next step
+            pb_utils.Logger.log_warn(f"generate: could not send a response: {e}")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                tensors = {name: t for name in INPUT_NAMES
+                           if (t := pb_utils.get_input_tensor_by_name(request, name)) is not None}
+                check_shapes({name: t.shape() for name, t in tensors.items()}, self.limits)
+                gen, flags = parse_request({name: t.as_numpy() for name, t in tensors.items()},
+                                           self.tokenizer, self.limits)
+                gen.sink, gen.is_cancelled = (sender, flags), sender.is_cancelled
+                self.scheduler.submit(gen)
+            except BadRequest as e:
+                self.scheduler.reject(GenerateRequest([], sink=(sender, {})), str(e), "invalid")
+            except QueueFull as e:
+                self.scheduler.reject(GenerateRequest([], sink=(sender, {})), str(e), "unavailable")
+        return None
+
+    def finalize(self):
+        self.scheduler.stop()
