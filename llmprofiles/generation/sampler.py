@@ -43,7 +43,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            banned: list[int | None]) -> list[int]:
     """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens)."""
-    logits = logits.float()
+    logits = logits.to(torch.float32, copy=True)  # banned tokens are written in place
     for i, token in enumerate(banned):
         if token is not None:
             logits[i, token] = float("-inf")

@@ -236,9 +236,9 @@ class Scheduler:
         self._accept([seq], logits, first=True)
 
     def _decode(self) -> None:
-        batch = self.engine.spec.max_batch
-        for start in range(0, len(self._running), batch):
-            group = self._running[start:start + batch]
+        batch, running = self.engine.spec.max_batch, list(self._running)  # _accept removes finished ones
+        for start in range(0, len(running), batch):
+            group = running[start:start + batch]
             logits, index = self.engine.decode([s.slot for s in group], [s.generated[-1] for s in group],
                                                [s.length - 1 for s in group])
             self.observer.step(index, len(group))

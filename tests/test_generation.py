@@ -1,0 +1,373 @@
+"""The generate engine, scheduler, sampler, detokenizer and request checks, without Triton (CPU, fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llmprofiles import models
+from llmprofiles.generation.detokenizer import IncrementalDetokenizer
+from llmprofiles.generation.engine import GenerationEngine
+from llmprofiles.generation.forward import ModelShape, fuse_weights
+from llmprofiles.generation.kvcache import SlotPool, SlotsExhausted
+from llmprofiles.generation.sampler import SamplingParams, filter_logits, generator_for, sample
+from llmprofiles.generation.scheduler import GenerateRequest, Observer, QueueFull, Scheduler
+from llmprofiles.generation.tokenizer import Tokenizer, train_bpe
+from llmprofiles.profiles.generation import GenerationSpec, parse_buckets
+from llmprofiles.profiles.selection import SelectionError
+from llmprofiles.profiles.sets import GENERATE
+from llmprofiles.serving.generate import Limits, check_shapes, parse_request, parse_sampling_parameters, shown
+from llmprofiles.serving.llm import BadRequest
+
+SPEC = GenerationSpec(slots=3, max_context=96, decode_buckets=(1, 2), prefill_buckets=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return models.load_model("tiny", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(hf):
+    """Full recompute: argmax of the last-token logits of the whole sequence (what `llm` serves)."""
+    wrapper = models.LastTokenLM(hf)
+
+    def greedy(prompt: list[int], n: int) -> list[int]:
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(n):
+                ids = torch.tensor([seq])
+                seq.append(int(wrapper(ids, models.default_position_ids(ids)).argmax()))
+        return seq[len(prompt):]
+
+    return greedy
+
+
+def make_engine(hf, spec=SPEC) -> GenerationEngine:
+    shape = ModelShape.from_config(hf.config.to_dict())
+    weights = {k: v.clone() for k, v in hf.state_dict().items()}
+    return GenerationEngine(shape, fuse_weights(shape, weights), spec, "cpu")
+
+
+@pytest.fixture
+def engine(hf):
+    return make_engine(hf)
+
+
+class Recorder(Observer):
+    def __init__(self):
+        self.steps = []
+
+    def step(self, profile_index, tokens):
+        self.steps.append(profile_index)
+
+
+def run(scheduler: Scheduler, limit: int = 500) -> None:
+    for _ in range(limit):
+        if not scheduler.run_once():
+            return
+    raise AssertionError("scheduler did not go idle")
+
+
+def prompts(*lengths: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(3, 32000, (n,), generator=g).tolist() for n in lengths]
+
+
+# --- the spec and its profiles ------------------------------------------------------
+
+
+def test_spec_profiles_are_decode_buckets_then_prefill_buckets():
+    ps = SPEC.profiles()
+    assert ps.names == ("decode_b1", "decode_b2", "prefill_8", "prefill_16")
+    fit = lambda b, s: ps.first_fit({"input_ids": (b, s), "position_ids": (b, s)})  # noqa: E731
+    assert [fit(1, 1), fit(2, 1), fit(1, 2), fit(1, 8), fit(1, 9), fit(1, 16)] == [0, 1, 2, 2, 3, 3]
+    assert fit(3, 1) is None and fit(1, 17) is None and fit(2, 2) is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(decode_buckets=(2, 1)), "strictly increasing"),
+    (dict(decode_buckets=(1, 4)), "exceeds slots"),
+    (dict(prefill_buckets=(8, 128)), "exceeds max_context"),
+    (dict(slots=0), "must be >= 1"),
+    (dict(prefill_buckets=()), "non-empty"),
+])
+def test_bad_spec_raises(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SPEC.replace(**kwargs)
+
+
+def test_declared_specs_are_valid_and_buckets_parse():
+    for spec in GENERATE.values():
+        assert spec.profiles().names[0] == "decode_b1"
+    assert parse_buckets("1,2,4") == (1, 2, 4)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_buckets("1;2")
+
+
+def test_slot_pool_hands_out_lowest_first_and_refuses_when_empty():
+    pool = SlotPool(2)
+    assert (pool.alloc(), pool.alloc()) == (0, 1)
+    with pytest.raises(SlotsExhausted):
+        pool.alloc()
+    pool.release(0)
+    assert pool.alloc() == 0
+    with pytest.raises(ValueError, match="not in use"):
+        pool.release(5)
+
+
+# --- the engine -----------------------------------------------------------------------
+
+
+def test_prefill_logits_match_the_full_forward(hf, engine):
+    wrapper = models.LastTokenLM(hf)
+    for slot, prompt in enumerate(prompts(1, 8, 13)):
+        logits, index = engine.prefill(slot, prompt, 0)
+        ids = torch.tensor([prompt])
+        ref = wrapper(ids, models.default_position_ids(ids))
+        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        assert index == engine.select(1, len(prompt))
+
+
+def test_each_step_goes_to_the_first_fit_profile(engine):
+    assert engine.prefill(0, [5] * 5, 0)[1] == 2  # prefill_8, padded from 5
+    assert engine.prefill(0, [5] * 9, 5)[1] == 3  # prefill_16
+    assert engine.decode([0], [5], [14])[1] == 0  # decode_b1
+    assert engine.decode([0, 1], [5, 6], [15, 0])[1] == 1  # decode_b2
+
+
+def test_steps_outside_every_profile_or_the_pool_are_refused(engine):
+    with pytest.raises(SelectionError, match="fit no optimization profile"):
+        engine.prefill(0, [5] * 17, 0)
+    with pytest.raises(SelectionError, match="exceed the context"):
+        engine.prefill(0, [5] * 8, 90)
+    with pytest.raises(SelectionError, match="slot 3 is out of range"):
+        engine.decode([3], [5], [0])
+    with pytest.raises(SelectionError, match="token id 32000"):
+        engine.decode([0], [32000], [0])
+
+
+def test_padding_rows_do_not_touch_live_slots(engine):
+    """A batch-1 step in the batch-2 bucket pads a row; that row writes the scratch slot only."""
+    engine.prefill(0, [5, 6, 7], 0)
+    engine.prefill(1, [8, 9], 0)
+    before = engine.forward.k_pool[:, 1].clone()
+    engine.decode([0], [11], [3])
+    assert torch.equal(engine.forward.k_pool[:, 1], before)
+
+
+# --- the scheduler --------------------------------------------------------------------
+
+
+def test_greedy_tokens_equal_full_recompute_alone_and_batched(hf, reference):
+    ps = prompts(1, 7, 20, 40)  # 20 and 40 are prefilled in chunks of 16
+    expected = [reference(p, 6) for p in ps]
+    for batch in (False, True):
+        outs = {}
+        sched = Scheduler(make_engine(hf), _NullTok(), lambda o: outs.setdefault(id(o.request), []).append(o))
+        reqs = [GenerateRequest(p, max_tokens=6) for p in ps]
+        for r in reqs:
+            sched.submit(r)
+            if not batch:
+                run(sched)
+        run(sched)
+        got = [[t for o in outs[id(r)] for t in o.ids] for r in reqs]
+        assert got == expected, f"batched={batch}"
+
+
+def test_requests_join_and_leave_the_running_batch(hf):
+    rec = Recorder()
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append, observer=rec)
+    short, long = GenerateRequest(prompts(4)[0], max_tokens=2), GenerateRequest(prompts(4)[0], max_tokens=8)
+    sched.submit(long)
+    for _ in range(3):
+        sched.run_once()
+    sched.submit(short)  # joins while `long` is decoding
+    run(sched)
+    finals = [o.request for o in outs if o.final]
+    assert finals == [short, long]  # the short request did not wait for the long one
+    names = sched.engine.profiles.names
+    assert "decode_b2" in [names[i] for i in rec.steps]  # they shared decode steps
+    assert sched.engine.pool.free == SPEC.slots
+
+
+def test_streaming_sends_each_token_and_the_final_flag_last(hf):
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append)
+    sched.submit(GenerateRequest(prompts(5)[0], max_tokens=4, stream=True))
+    run(sched)
+    assert [len(o.ids) for o in outs] == [1, 1, 1, 1]
+    assert [o.final for o in outs] == [False, False, False, True]
+    assert outs[-1].finish_reason == "length" and outs[-1].num_output_tokens == 4
+
+
+def test_end_id_stops_unless_min_tokens_forbids_it(hf, reference):
+    p = prompts(6)[0]
+    tokens = reference(p, 8)
+    end = tokens[2]
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append)
+    sched.submit(GenerateRequest(p, max_tokens=8, end_id=end))
+    run(sched)
+    assert outs[-1].finish_reason == "stop" and outs[-1].ids == tokens[:tokens.index(end)]
+    outs.clear()
+    sched.submit(GenerateRequest(p, max_tokens=8, min_tokens=8, end_id=end))
+    run(sched)
+    assert outs[-1].finish_reason == "length" and len(outs[-1].ids) == 8 and end not in outs[-1].ids
+
+
+def test_cancel_frees_the_slot_within_one_step(hf):
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append)
+    cancelled = {"flag": False}
+    r = GenerateRequest(prompts(5)[0], max_tokens=50, stream=True, is_cancelled=lambda: cancelled["flag"])
+    other = GenerateRequest(prompts(5)[0], max_tokens=10)
+    sched.submit(r)
+    sched.submit(other)
+    for _ in range(4):
+        sched.run_once()
+    assert sched.engine.pool.used == 2
+    cancelled["flag"] = True
+    sched.run_once()
+    assert sched.engine.pool.used == 1
+    assert outs[-1].request is r and outs[-1].final and outs[-1].finish_reason == "cancelled"
+    run(sched)
+    assert [o.finish_reason for o in outs if o.request is other] == ["length"]
+
+
+def test_queue_bound_refuses_at_once(hf):
+    sched = Scheduler(make_engine(hf), _NullTok(), lambda o: None, max_queue=1)
+    for _ in range(SPEC.slots + 1):  # the slots, then one waiting
+        sched.submit(GenerateRequest([5], max_tokens=4))
+    with pytest.raises(QueueFull, match=r"all 3 sequence slots are in use and 1 requests are queued \(the bound is 1\)"):
+        sched.submit(GenerateRequest([5], max_tokens=4))
+
+
+def test_same_seed_same_tokens_whatever_the_batch(hf):
+    def sampled(seed, with_neighbour):
+        outs = []
+        sched = Scheduler(make_engine(hf), _NullTok(), outs.append)
+        r = GenerateRequest(prompts(5)[0], max_tokens=8, sampling=SamplingParams(temperature=1.0, top_k=50, seed=seed))
+        sched.submit(r)
+        if with_neighbour:
+            sched.submit(GenerateRequest(prompts(9)[0], max_tokens=8,
+                                         sampling=SamplingParams(temperature=0.7, seed=99)))
+        run(sched)
+        return [o.ids for o in outs if o.request is r][0]
+
+    assert sampled(123, False) == sampled(123, True)
+    assert sampled(123, False) != sampled(124, False)
+
+
+def test_exclude_input_false_puts_the_prompt_first(hf):
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append)
+    p = prompts(4)[0]
+    sched.submit(GenerateRequest(p, max_tokens=2, exclude_input=False))
+    run(sched)
+    assert outs[0].ids[:4] == p and len(outs[0].ids) == 6
+
+
+# --- sampler and detokenizer ----------------------------------------------------------------
+
+
+def test_top_k_and_top_p_filter():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, False, True, True]
+    probs = torch.softmax(logits, -1)  # 0.64, 0.24, 0.09, 0.03
+    kept = ~torch.isinf(filter_logits(logits, 0, 0.8))
+    assert kept.tolist() == [True, True, False, False] and probs[:2].sum() >= 0.8
+
+
+def test_greedy_rows_take_argmax_and_banned_tokens_are_never_chosen():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [0.0, 5.0, 1.0]])
+    greedy = SamplingParams()
+    assert sample(logits, [greedy, greedy], [None, None], [None, 1]) == [1, 2]
+    hot = SamplingParams(temperature=1.0, seed=1)
+    assert sample(logits.clone(), [hot], [generator_for(hot, torch.device("cpu"))], [1]) != [1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    train_bpe(32000, folder, 512)
+    return Tokenizer(folder)
+
+
+def test_trained_tokenizer_has_the_model_vocab_and_every_id_decodes(tokenizer):
+    assert tokenizer.vocab_size == 32000
+    assert tokenizer.encode("x")[0] == 2  # <bos> first
+    for i in (0, 1, 2, 3, 100, 31999):
+        assert isinstance(tokenizer.decode([i], skip_special_tokens=False), str)
+
+
+def test_incremental_text_matches_whole_decode_with_multibyte_characters(tokenizer):
+    text = "def f(x):\n    return 'héllo wörld 日本語 ✓' + x"
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer, ids[:1])
+    pieces = [detok.add([i]) for i in ids[1:]] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+# --- request checks ----------------------------------------------------------------------------
+
+LIMITS = Limits(vocab_size=32000, max_context=64, end_id=1)
+
+
+def parse(tokenizer, **inputs):
+    arrays = {k: (v if isinstance(v, np.ndarray) else np.array([v])) for k, v in inputs.items()}
+    return parse_request(arrays, tokenizer, LIMITS)
+
+
+def test_request_defaults_and_sampling_parameters_as_strings(tokenizer):
+    req, flags = parse(tokenizer, text_input=b"hello", sampling_parameters=b'{"temperature": "0.5", "max_tokens": "8", "seed": 3}')
+    assert (req.max_tokens, req.sampling.temperature, req.sampling.seed, req.exclude_input) == (8, 0.5, 3, True)
+    req, _ = parse(tokenizer, input_ids=np.array([5, 6]), max_tokens=np.array([4], dtype=np.int32),
+                   sampling_parameters=b'{"max_tokens": 9}')
+    assert req.max_tokens == 4 and req.prompt_ids == [5, 6]  # the tensor input wins
+
+
+@pytest.mark.parametrize("inputs, match", [
+    (dict(), "exactly one of text_input"),
+    (dict(text_input=b""), "text_input is empty"),
+    (dict(input_ids=np.array([], dtype=np.int64)), "input_ids is empty"),
+    (dict(text_input=b"a", input_ids=np.array([5])), "got both"),
+    (dict(input_ids=np.array([32000])), r"token id 32000 .* allowed \[0, 31999\]"),
+    (dict(input_ids=np.array([-1])), r"token id -1"),
+    (dict(input_ids=np.array([5]), max_tokens=0), "max_tokens 0 must be >= 1"),
+    (dict(input_ids=np.array([5] * 60), max_tokens=10), r"allowed max_tokens for this prompt: \[1, 4\]"),
+    (dict(input_ids=np.array([5] * 64)), "allowed at most 63"),
+    (dict(input_ids=np.array([5]), temperature=-0.5), "temperature -0.5 must be >= 0"),
+    (dict(input_ids=np.array([5]), top_p=0.0), r"top_p 0.0 must be in \(0, 1\]"),
+    (dict(input_ids=np.array([5]), top_p=1.5), r"top_p 1.5"),
+    (dict(input_ids=np.array([5]), min_tokens=20, max_tokens=10), "min_tokens 20"),
+    (dict(input_ids=np.array([5]), sampling_parameters=b"{not json"), "not valid JSON"),
+    (dict(input_ids=np.array([5]), sampling_parameters=b"[1]"), "must be a JSON object"),
+    (dict(input_ids=np.array([5]), sampling_parameters=b'{"stop": ["x"]}'), "key 'stop' is not supported"),
+    (dict(input_ids=np.array([5]), sampling_parameters=b'{"temperature": "hot"}'), "'hot' is not a valid float"),
+    (dict(input_ids=np.array([5]), max_tokens=np.array([1, 2], dtype=np.int32)), "exactly one value"),
+])
+def test_bad_requests_name_the_value_and_the_rule(tokenizer, inputs, match):
+    with pytest.raises(BadRequest, match=match):
+        parse(tokenizer, **inputs)
+
+
+def test_huge_declared_shapes_are_refused_before_reading(tokenizer):
+    with pytest.raises(BadRequest, match="allowed at most 63"):
+        check_shapes({"input_ids": [1 << 40]}, LIMITS)
+    with pytest.raises(BadRequest, match="exactly one value"):
+        check_shapes({"max_tokens": [4611686018427387904, 4]}, LIMITS)
+    assert len(shown("x" * 10_000)) < 100
+    with pytest.raises(BadRequest) as e:
+        parse_sampling_parameters(b'{"' + b"k" * 100_000 + b'": 1}')
+    assert len(str(e.value)) < 400
+
+
+class _NullTok:
+    """Decoding is not what these scheduler tests check: every id is one character."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(0x41 + i % 26) for i in ids)
