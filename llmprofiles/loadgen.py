@@ -66,6 +66,17 @@ def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> 
     return [float(x) for x in np.percentile(np.asarray(values, dtype=np.float64), qs)]
 
 
+def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, p50/p90/p99 and mean of latencies in ms, keyed as the JSON reports them.
+
+    >>> latency_summary([1, 2, 3, 4, 5])
+    {'count': 5, 'p50_ms': 3.0, 'p90_ms': 4.6, 'p99_ms': 4.96, 'mean_ms': 3.0}
+    """
+    p50, p90, p99 = percentiles(values_ms)
+    mean = float(np.mean(values_ms)) if len(values_ms) else None
+    return {"count": len(values_ms), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": mean}
+
+
 def decode_count(n: int, decode_fraction: float) -> int:
     """How many of the first ``n`` requests are decode: ``n * decode_fraction`` rounded half up."""
     return math.floor(n * decode_fraction + 0.5)
@@ -246,6 +257,74 @@ class Stats:
 # ---------------------------------------------------------------------------
 # Load: concurrent clients, one phase mix
 
+class ClosedLoop:
+    """``concurrency`` threads that each send one request at a time, drawing request indices from one counter.
+
+    :meth:`run` calls ``worker(w)`` in thread ``w``. A worker opens its connection,
+    warms up, calls :meth:`wait_start` (the clock starts once every thread is
+    ready; ``on_start`` runs once, just before), then sends request ``i`` for each
+    ``i`` in :meth:`indices` until ``requests`` (in total) are taken or
+    ``duration_s`` is over; requests in flight at the deadline still count.
+
+    >>> loop = ClosedLoop(2, requests=5)
+    >>> sorted(i for part in loop.run(lambda w: (loop.wait_start(), list(loop.indices()))[1]) for i in part)
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, concurrency: int, requests: int | None = None, duration_s: float | None = None,
+                 on_start=None):
+        if concurrency < 1:
+            raise ValueError(f"concurrency {concurrency} must be >= 1")
+        if duration_s is None and (requests is None or requests < 1):
+            raise ValueError(f"give requests >= 1 or a duration_s; got requests={requests}")
+        if duration_s is not None and duration_s <= 0:
+            raise ValueError(f"duration_s {duration_s} must be > 0")
+        self.concurrency, self.duration_s, self.on_start = concurrency, duration_s, on_start
+        self.requests = requests if duration_s is None else None
+        self.t0: float | None = None
+        self.last_done: float | None = None  # when the last timed request ended
+        self.deadline = math.inf
+        self._lock, self._next = threading.Lock(), itertools.count()
+        self._start = threading.Barrier(concurrency, action=self._start_clock)
+
+    def _start_clock(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
+        self.t0 = time.perf_counter()
+        if self.duration_s is not None:
+            self.deadline = self.t0 + self.duration_s
+
+    def wait_start(self) -> None:
+        self._start.wait()
+
+    def indices(self):
+        """The indices this thread sends, one at a time; each is timed as done when the next is asked for."""
+        while time.perf_counter() < self.deadline:
+            with self._lock:
+                i = next(self._next)
+            if self.requests is not None and i >= self.requests:
+                return
+            yield i
+            with self._lock:
+                self.last_done = max(self.last_done or 0.0, time.perf_counter())
+
+    def run(self, worker) -> list:
+        """Every worker's return value, in thread order; a worker's exception is raised here."""
+        def guarded(w: int):
+            try:
+                return worker(w)
+            except BaseException:
+                self._start.abort()  # threads still waiting to start fail fast instead of hanging
+                raise
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = [pool.submit(guarded, w) for w in range(self.concurrency)]
+        failures = [e for f in futures if (e := f.exception()) is not None]
+        if failures:  # report the thread that failed, not the ones it released with BrokenBarrierError
+            raise next((e for e in failures if not isinstance(e, threading.BrokenBarrierError)), failures[0])
+        return [f.result() for f in futures]
+
+
 def run_load(url: str, protocol: str, model: str, *, decode_fraction: float = 1.0, prefill_seq: int = 128,
              concurrency: int = 1, requests: int | None = 200, duration_s: float | None = None,
              profile_set: str | None = None, profile: str | int = AUTO, warmup: int = 2, seed: int = 0,
@@ -261,10 +340,7 @@ def run_load(url: str, protocol: str, model: str, *, decode_fraction: float = 1.
     """
     if not 0.0 <= decode_fraction <= 1.0:
         raise ValueError(f"decode_fraction {decode_fraction} is outside [0, 1]")
-    if concurrency < 1:
-        raise ValueError(f"concurrency {concurrency} must be >= 1")
-    if duration_s is None and (requests is None or requests < 1):
-        raise ValueError(f"give requests >= 1 or a duration_s; got requests={requests}")
+    loop = ClosedLoop(concurrency, requests, duration_s)
     profile_set = profile_set or default_profile_set(model)
     phases = {p.name: p for p in (Phase("decode", 1), Phase("prefill", prefill_seq))}
     if decode_fraction == 1.0:
@@ -275,54 +351,31 @@ def run_load(url: str, protocol: str, model: str, *, decode_fraction: float = 1.
     vocab = vocab or probe_vocab(protocol, url, model)
     parameters = request_parameters(profile)
 
-    if duration_s is not None:
-        requests = None
-    lock, next_index = threading.Lock(), itertools.count()
-    clock: dict[str, float] = {}
-
-    def start_clock() -> None:
-        clock["t0"] = time.perf_counter()
-        clock["deadline"] = clock["t0"] + duration_s if duration_s is not None else math.inf
-
-    start = threading.Barrier(concurrency, action=start_clock)
+    requests = loop.requests
     errors = request_errors()
 
     def worker(w: int) -> dict[str, Stats]:
         stats = {name: Stats(p, expected[name], vocab) for name, p in phases.items()}
-        caller = None
+        caller = Caller(protocol, url)
         try:
-            caller = Caller(protocol, url)
             for j in range(warmup):  # untimed; also opens this thread's connection
                 for p in phases.values():
                     caller(model, *request_arrays(seed, j, p.seq, vocab, stream=1 + w), parameters)
-            start.wait()
-            while time.perf_counter() < clock["deadline"]:
-                with lock:
-                    i = next(next_index)
-                if requests is not None and i >= requests:
-                    break
+            loop.wait_start()
+            for i in loop.indices():
                 phase = phases[phase_of(i, decode_fraction)]
                 arrays = request_arrays(seed, i, phase.seq, vocab)
                 try:
                     stats[phase.name].check(caller(model, *arrays, parameters))
                 except errors as e:
                     stats[phase.name].error(str(e))
-        except BaseException:
-            start.abort()  # threads still waiting to start fail fast instead of hanging
-            raise
         finally:
-            if caller is not None:
-                caller.close()
+            caller.close()
         return stats
 
     log.info("load: %s %s model %s, %d threads, phases %s", protocol, url, model, concurrency, list(phases))
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(worker, w) for w in range(concurrency)]
-    failures = [e for f in futures if (e := f.exception()) is not None]
-    if failures:  # report the thread that failed, not the ones it released with BrokenBarrierError
-        raise next((e for e in failures if not isinstance(e, threading.BrokenBarrierError)), failures[0])
-    wall_s = time.perf_counter() - clock["t0"]
-    per_worker = [f.result() for f in futures]
+    per_worker = loop.run(worker)
+    wall_s = time.perf_counter() - loop.t0
 
     merged = {name: Stats(p, expected[name], vocab) for name, p in phases.items()}
     for stats in per_worker:
