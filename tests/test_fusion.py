@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,3 +165,55 @@ def test_compiled_engine_on_cpu_matches_eager(compiled_engine, seq):
     with torch.no_grad():
         torch.testing.assert_close(got, eager(ids, pos), atol=1e-4, rtol=1e-4)
     assert isinstance(compiled_engine.wrapper.model.model.layers[0].mlp.up_proj, ProjectionSlice)
+
+
+def test_compiled_layout_gives_every_request_form_one_layout():
+    from llmprofiles.runtimes.compiled import compiled_layout
+
+    ids = torch.zeros(1, 5, dtype=torch.int64)
+    own = torch.arange(5).reshape(1, 5).clone()
+    assert compiled_layout(own) is own  # already row-major, not a view: no copy
+    for pos in (default_position_ids(ids), torch.from_numpy(np.arange(5)[None, :])):  # a view; a stride-0 batch dim
+        got = compiled_layout(pos)
+        assert got._base is None and got.stride() == (5, 1) and torch.equal(got, pos)
+
+
+def test_requests_after_load_compile_nothing(compiled_engine):
+    """Issue 12: ready means warm. Each request form model.py can hand the handler, at sizes
+    the warm-up did not use, from another thread, runs without a Dynamo compile."""
+    import threading
+
+    from torch._dynamo.utils import counters
+    from torch.utils.dlpack import from_dlpack
+
+    from llmprofiles.serving.llm import RequestHandler
+
+    handler = RequestHandler(compiled_engine)
+
+    def forms(seq):
+        ids = from_dlpack(np.zeros((1, seq), dtype=np.int64))  # as Triton hands model.py its inputs
+        yield ids, None  # serving.validate builds the default position_ids
+        yield ids, from_dlpack(np.arange(seq, dtype=np.int64).reshape(1, seq))  # sent by the client
+        yield ids, torch.from_numpy(np.arange(seq, dtype=np.int64)[None, :])  # stride-0 batch dim
+
+    def serve_all(seqs):
+        for seq in seqs:
+            for ids, pos in forms(seq):
+                handler(ids, pos, None)
+
+    before = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        serve_all([128, 1, 300, 512, 2])
+        errors = []
+
+        def other_thread():  # Triton may call execute on another thread than initialize
+            try:
+                serve_all([64])
+            except Exception as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert not errors, errors
+    assert counters["stats"]["unique_graphs"] == before

@@ -125,6 +125,11 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
     }, [MODEL_CONFIG, WEIGHTS, *files])
     write_triton_config(model_dir, device_t, max_queue)
     print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
+    if device_t.type == "cuda":
+        from llmprofiles.generation.engine import load_generation_engine
+
+        with step("compile the layer kernels and capture every step profile once (fills the inductor cache)"):
+            load_generation_engine(version_dir, device_t).warm_up()
     return manifest
 
 

@@ -36,39 +36,57 @@ MODEL_CONFIG = "model_config.json"
 
 
 class StepInputs:
-    """Static input buffers of one profile: ``[B, S]`` tokens, positions, write slots/positions; ``[B]`` rows."""
+    """The inputs of one step, packed in one int64 buffer so a step needs one host-to-device copy.
 
-    def __init__(self, batch: int, seq: int, device: torch.device):
-        z = dict(dtype=torch.int64, device=device)
-        self.tokens = torch.zeros((batch, seq), **z)
-        self.positions = torch.zeros((batch, seq), **z)
-        self.write_slots = torch.zeros((batch, seq), **z)
-        self.write_pos = torch.zeros((batch, seq), **z)
-        self.slots = torch.zeros((batch,), **z)
-        self.last = torch.zeros((batch,), **z)
+    Views: ``tokens``, ``positions``, ``write_slots``, ``write_pos`` ``[B, S]``; ``slots``, ``last`` ``[B]``.
+    """
+
+    def __init__(self, batch: int, seq: int, device: torch.device, pin: bool = False):
+        n = batch * seq
+        self.data = torch.zeros(4 * n + 2 * batch, dtype=torch.int64, device=device, pin_memory=pin)
+        self.tokens, self.positions, self.write_slots, self.write_pos = (
+            self.data[i * n:(i + 1) * n].view(batch, seq) for i in range(4))
+        self.slots, self.last = self.data[4 * n:4 * n + batch], self.data[4 * n + batch:]
 
     def fill(self, host: StepInputs) -> None:
-        for name in ("tokens", "positions", "write_slots", "write_pos", "slots", "last"):
-            getattr(self, name).copy_(getattr(host, name), non_blocking=True)
+        self.data.copy_(host.data, non_blocking=True)
+
+
+def kv_buckets(max_context: int, smallest: int = 128) -> tuple[int, ...]:
+    """Attention lengths a captured step may read: powers of two from ``smallest``, capped at the context."""
+    out, n = [], smallest
+    while n < max_context:
+        out.append(n)
+        n *= 2
+    return (*out, max_context)
 
 
 class GenerationEngine:
-    """Steps of a causal LM over a KV slot pool; ``profiles[i]`` is step profile ``i``."""
+    """Steps of a causal LM over a KV slot pool; ``profiles[i]`` is step profile ``i``.
+
+    On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
+    (a step reads only as many pool positions as its longest sequence needs, rounded up), all in one
+    memory pool. ``compile`` compiles the dense layer parts first (default: on CUDA).
+    """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
-                 device: torch.device, cuda_graphs: bool | None = None):
+                 device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None):
         self.shape, self.spec, self.device = shape, spec, torch.device(device)
         self.profiles = spec.profiles()
         self.vocab_size = shape.vocab_size
         self.dtype = weights["embed"].dtype
+        on_cuda = self.device.type == "cuda"
         k_pool, v_pool = allocate_pool(shape.num_layers, spec.slots, spec.max_context, shape.num_kv_heads,
                                        shape.head_dim, self.dtype, self.device)
-        self.forward = KVForward(shape, weights, k_pool, v_pool)
+        self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile)
         self.pool = SlotPool(spec.slots)
         self.kv_bytes = kv_pool_bytes(shape, spec.slots, spec.max_context, self.dtype)
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
-        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.graphs: list[tuple[torch.cuda.CUDAGraph, StepInputs, torch.Tensor] | None] = [None] * len(self.profiles)
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self.kv_lengths = kv_buckets(spec.max_context)
+        self.host = [StepInputs(b, s, torch.device("cpu"), pin=on_cuda) for b, s in self.step_shapes]
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, StepInputs, torch.Tensor]] = {}
+        self.graph_pool = None
 
     # --- profile choice --------------------------------------------------------
 
@@ -101,19 +119,20 @@ class GenerationEngine:
                 raise SelectionError(f"token id {bad[0]} is out of range [0, {self.vocab_size - 1}]")
 
     def _host_inputs(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int]) -> StepInputs:
+        """The profile's padded inputs, written into its (pinned, reused) host buffer."""
         batch, seq = self.step_shapes[index]
-        scratch, ctx = self.pool.scratch, self.spec.max_context
-        x = StepInputs(batch, seq, torch.device("cpu"))
+        scratch, ctx, n = self.pool.scratch, self.spec.max_context, len(rows)
+        x = self.host[index]
+        x.data.zero_()
         x.slots.fill_(scratch)
         x.write_slots.fill_(scratch)
-        steps = torch.arange(seq)
-        for b, (row, slot, start) in enumerate(zip(rows, slots, starts)):
-            n = len(row)
-            x.tokens[b, :n] = torch.tensor(row)
-            x.positions[b] = start + steps
-            x.slots[b] = slot
-            x.write_slots[b, :n] = slot
-            x.last[b] = n - 1
+        lengths = torch.tensor([len(r) for r in rows])
+        x.tokens[:n] = torch.tensor([r + [0] * (seq - len(r)) for r in rows])
+        x.positions.copy_(torch.arange(seq))
+        x.positions[:n] += torch.tensor(starts)[:, None]
+        x.slots[:n] = torch.tensor(slots)
+        x.write_slots[:n] = torch.where(torch.arange(seq)[None, :] < lengths[:, None], x.slots[:n, None], scratch)
+        x.last[:n] = lengths - 1
         # Padding writes go to the scratch slot, at a position inside the pool.
         x.write_pos.copy_(torch.where(x.write_slots == scratch, x.positions.clamp(max=ctx - 1), x.positions))
         return x
@@ -122,58 +141,63 @@ class GenerationEngine:
         self._check(rows, slots, starts)
         host = self._host_inputs(index, rows, slots, starts)
         n = len(rows)
+        needed = max(s + len(r) for r, s in zip(rows, starts))
         if self.cuda_graphs:
-            graph, buffers, out = self._graph(index)
+            kv_len = next(k for k in self.kv_lengths if k >= needed)
+            graph, buffers, out = self._graph(index, kv_len)
             buffers.fill(host)
             graph.replay()
             return out[:n].clone()  # the next replay overwrites out
-        kv_len = max(s + len(r) for r, s in zip(rows, starts))
         with torch.inference_mode():
             x = StepInputs(*self.step_shapes[index], self.device)
             x.fill(host)
-            return self._forward(x, kv_len)[:n]
+            return self._forward(x, needed)[:n]
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
         return self.forward(x.tokens, x.positions, x.slots, x.write_slots, x.write_pos, x.last, kv_len)
 
-    def _graph(self, index: int):
-        if self.graphs[index] is None:
-            t0 = time.perf_counter()
+    def _graph(self, index: int, kv_len: int):
+        key = (index, kv_len)
+        if key not in self.graphs:
             buffers = StepInputs(*self.step_shapes[index], self.device)
-            buffers.slots.fill_(self.pool.scratch)
+            buffers.slots.fill_(self.pool.scratch)  # capture on scratch rows: no live slot is touched
             buffers.write_slots.fill_(self.pool.scratch)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream), torch.inference_mode():
-                for _ in range(2):
-                    self._forward(buffers, self.spec.max_context)
+                for _ in range(2):  # compile (first time only) and settle allocations before capture
+                    self._forward(buffers, kv_len)
             torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self.graph_pool is None:
+                self.graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode():
-                out = self._forward(buffers, self.spec.max_context)
-            self.graphs[index] = (graph, buffers, out)
-            log.info("profile %d %r captured as a CUDA graph in %.1f s", index, self.profiles.names[index],
-                     time.perf_counter() - t0)
-        return self.graphs[index]
+            # One pool for every graph: they never run at once, and each output is cloned after its replay.
+            with torch.cuda.graph(graph, pool=self.graph_pool), torch.inference_mode():
+                out = self._forward(buffers, kv_len)
+            self.graphs[key] = (graph, buffers, out)
+        return self.graphs[key]
 
     def warm_up(self) -> list[float]:
-        """Run every profile once on scratch rows (captures its graph on CUDA); seconds per profile."""
+        """Run every profile once on the scratch slot (on CUDA: capture all its graphs); seconds per profile."""
         times = []
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
-            host_rows = [[0] * seq]
-            x = self._host_inputs(i, host_rows, [self.pool.scratch], [0])
-            x.slots.fill_(self.pool.scratch)
-            x.write_slots.fill_(self.pool.scratch)
             if self.cuda_graphs:
-                graph, buffers, _ = self._graph(i)
-                buffers.fill(x)
-                graph.replay()
+                for kv_len in self.kv_lengths:
+                    if kv_len >= seq:
+                        graph, buffers, _ = self._graph(i, kv_len)
+                        graph.replay()
                 torch.cuda.synchronize(self.device)
             else:
+                x = StepInputs(batch, seq, self.device)
+                x.slots.fill_(self.pool.scratch)
+                x.write_slots.fill_(self.pool.scratch)
+                x.positions.copy_(torch.arange(seq))
+                x.write_pos.copy_(torch.arange(seq))
                 with torch.inference_mode():
                     self._forward(x, seq)
             times.append(time.perf_counter() - t0)
+            log.info("profile %d %r warm in %.1f s", i, self.profiles.names[i], times[-1])
         return times
 
 

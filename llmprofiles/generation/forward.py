@@ -107,10 +107,68 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class KVForward(torch.nn.Module):
-    """The step function: weights plus the KV pool ``[layers, slots, max_context, kv_heads, head_dim]``."""
+def qkv_rope(x: torch.Tensor, norm_w: torch.Tensor, qkv_w: torch.Tensor, q_norm_w: torch.Tensor,
+             k_norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int,
+             head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer up to attention: norm, fused q/k/v projection, q/k norms, rotary. q ``[B, H, S, D]``; k, v ``[B, S, kvh, D]``."""
+    B, S = x.shape[:2]
+    h = rms_norm(x, norm_w, eps)
+    q, k, v = (h @ qkv_w.t()).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = rms_norm(q.view(B, S, heads, head_dim), q_norm_w, eps)
+    k = rms_norm(k.view(B, S, kv_heads, head_dim), k_norm_w, eps)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    return q.transpose(1, 2), k, v.view(B, S, kv_heads, head_dim)
 
-    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor):
+
+def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                   mask: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_attn_w: torch.Tensor,
+                   pre_ff_w: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor, post_ff_w: torch.Tensor,
+                   scale: float, eps: float) -> torch.Tensor:
+    """A layer from attention on: read each row's slot, grouped-query attention, output projection, norms, MLP.
+
+    q ``[B, H, S, D]``; k_pool, v_pool one layer's pool ``[slots, ctx, kvh, D]``; mask ``[B, 1, S, T]``
+    (True = attend) sets how many pool positions ``T`` are read. The query heads of one KV head are
+    attended as one matrix, so keys and values are never repeated per head.
+    """
+    B, H, S, D = q.shape
+    T, kvh = mask.shape[-1], k_pool.shape[2]
+    g = H // kvh
+    if S == 1:
+        # One query token: attention as two reductions that read the pool where it lies, which the
+        # compiler fuses with the gather and the softmax (no copied keys, no tiny matmuls).
+        keys, values = k_pool[slots, :T], v_pool[slots, :T]  # [B, T, kvh, D]
+        qg = q.view(B, kvh, g, 1, D).float()
+        scores = (qg * keys.permute(0, 2, 1, 3)[:, :, None].float()).sum(-1) * scale  # [B, kvh, g, T]
+        scores = scores.masked_fill(~mask.view(B, 1, 1, T), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        attn = (probs[..., None] * values.permute(0, 2, 1, 3)[:, :, None].float()).sum(-2)  # [B, kvh, g, D]
+        attn = attn.to(q.dtype).view(B, H, 1, D)
+    else:
+        keys = k_pool[slots, :T].permute(0, 2, 3, 1)  # [B, kvh, D, T]
+        values = v_pool[slots, :T].transpose(1, 2)  # [B, kvh, T, D]
+        scores = (q.reshape(B, kvh, g * S, D) @ keys).float().view(B, kvh, g, S, T) * scale
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype).view(B, kvh, g * S, T)
+        attn = (probs @ values).view(B, H, S, D)
+    x = attn.transpose(1, 2).reshape(B, S, H * D) @ o_w.t()
+    x = residual + rms_norm(x, post_attn_w, eps)
+    h = rms_norm(x, pre_ff_w, eps)
+    gate, up = (h @ gate_up_w.t()).chunk(2, dim=-1)
+    h = (F.gelu(gate, approximate="tanh") * up) @ down_w.t()
+    return x + rms_norm(h, post_ff_w, eps)
+
+
+class KVForward(torch.nn.Module):
+    """The step function: weights plus the KV pool ``[layers, slots, max_context, kv_heads, head_dim]``.
+
+    With ``compile``, the two halves of a layer (``qkv_rope``, ``attend_out_mlp``) are compiled
+    once, with dynamic shapes, and shared by every layer and every profile; only the pool writes
+    between them stay eager.
+    """
+
+    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
+                 compile: bool = False):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -123,6 +181,8 @@ class KVForward(torch.nn.Module):
         ]
         self.inv_freq = [f.to(device) for f in self.inv_freq]
         self.scale = shape.query_pre_attn_scalar ** -0.5
+        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compile else (lambda f: f)
+        self.qkv_rope, self.attend_out_mlp = wrap(qkv_rope), wrap(attend_out_mlp)
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq[layer]
@@ -139,46 +199,30 @@ class KVForward(torch.nn.Module):
         sliding window. ``kv_len`` must exceed every real token's position. Padding tokens write a
         scratch slot, so they never touch a live sequence.
         """
-        s, w = self.shape, self.w
+        s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         B, S = tokens.shape
         kv_pos = torch.arange(kv_len, device=tokens.device)
         causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
         window = kv_pos[None, None, :] > positions[:, :, None] - s.sliding_window
         masks = {False: causal[:, None], True: (causal & window)[:, None]}
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
-        q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
         for i in range(s.num_layers):
-            residual = x
-            h = rms_norm(x, w[f"{i}.input_layernorm"], s.rms_norm_eps)
-            q, k, v = (h @ w[f"{i}.qkv"].t()).split([q_size, kv_size, kv_size], dim=-1)
-            q = rms_norm(q.view(B, S, s.num_heads, s.head_dim), w[f"{i}.q_norm"], s.rms_norm_eps)
-            k = rms_norm(k.view(B, S, s.num_kv_heads, s.head_dim), w[f"{i}.k_norm"], s.rms_norm_eps)
-            v = v.view(B, S, s.num_kv_heads, s.head_dim)
             key = (s.rope_theta[i], s.rope_factor[i])
             if key not in rope_cache:
-                rope_cache[key] = self.rotary(i, positions, x.dtype)
-            cos, sin = (t[:, :, None, :] for t in rope_cache[key])
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            # Write this step's keys and values into each row's slot, then read the slot back.
+                rope_cache[key] = tuple(t[:, :, None, :] for t in self.rotary(i, positions, x.dtype))
+            cos, sin = rope_cache[key]
+            q, k, v = self.qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
+                                    cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim)
+            # Write this step's keys and values into each row's slot; attention then reads the slot back.
             self.k_pool[i][write_slots, write_pos] = k
             self.v_pool[i][write_slots, write_pos] = v
-            keys = self.k_pool[i][slots, :kv_len].transpose(1, 2)  # [B, kvh, T, D]
-            values = self.v_pool[i][slots, :kv_len].transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=masks[s.layer_sliding[i]], scale=self.scale,
-                enable_gqa=s.num_heads != s.num_kv_heads,
-            )
-            x = out.transpose(1, 2).reshape(B, S, q_size) @ w[f"{i}.o"].t()
-            x = residual + rms_norm(x, w[f"{i}.post_attention_layernorm"], s.rms_norm_eps)
-            residual = x
-            h = rms_norm(x, w[f"{i}.pre_feedforward_layernorm"], s.rms_norm_eps)
-            gate, up = (h @ w[f"{i}.gate_up"].t()).chunk(2, dim=-1)
-            h = (F.gelu(gate, approximate="tanh") * up) @ w[f"{i}.down"].t()
-            x = residual + rms_norm(h, w[f"{i}.post_feedforward_layernorm"], s.rms_norm_eps)
+            x = self.attend_out_mlp(q, self.k_pool[i], self.v_pool[i], slots, masks[s.layer_sliding[i]], x,
+                                    w[f"{i}.o"], w[f"{i}.post_attention_layernorm"], w[f"{i}.pre_feedforward_layernorm"],
+                                    w[f"{i}.gate_up"], w[f"{i}.down"], w[f"{i}.post_feedforward_layernorm"],
+                                    self.scale, eps)
         x = x[torch.arange(B, device=x.device), last]  # [B, hidden]: only the tokens whose logits are used
-        logits = rms_norm(x, w["norm"], s.rms_norm_eps) @ w["lm_head"].t()
+        logits = rms_norm(x, w["norm"], eps) @ w["lm_head"].t()
         if s.final_logit_softcapping is not None:
             logits = torch.tanh(logits / s.final_logit_softcapping) * s.final_logit_softcapping
         return logits

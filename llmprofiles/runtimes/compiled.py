@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from llmprofiles import models
@@ -71,6 +72,27 @@ class StaticGraphRunner:
         return self.out.clone()  # the next replay overwrites self.out
 
 
+def compiled_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the one layout every compiled graph sees: its own storage, row-major.
+
+    Dynamo guards on how an input is laid out, not only on its shape. Warmed with
+    ``default_position_ids`` (an expanded view of an arange), the prefill graph was
+    guarded on ``position_ids._base.size()[0]``; a request whose position_ids were
+    no view (sent by the client, or copied to the GPU by ``.to``) failed that guard
+    ("'NoneType' object has no attribute 'size'") and recompiled on the first request
+    (~30 s for gemma-3-1b on the H200, issue 12). A stride-0 batch dim (numpy's
+    ``arange(n)[None, :]``) fails the stride guards the same way. Copying such inputs
+    (a few hundred int64s) makes warm-up and requests hit the same guards.
+    """
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= size
+    if t._base is None and t.stride() == tuple(reversed(strides)):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
 class DynamicRunner:
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -112,18 +134,45 @@ class CompiledEngine(Engine):
             else:
                 runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True,
                                                      options=fusion.compile_options()))
+            self.runners.append(runner)
             # Warm at the profile's opt first (the size hint the kernels are tuned
             # for), then at its ends: torch.compile specialises size 1 on its own.
+            # Through run(), with host tensors, as a request arrives: the same copy to the
+            # device and the same compiled_layout as every request.
             with torch._dynamo.config.patch(**COMPILE_CONFIG):
                 for shape in dict.fromkeys((r.opt, r.min, r.max)):
-                    ids = torch.zeros(shape, dtype=torch.int64, device=device)
-                    runner(ids, models.default_position_ids(ids))
+                    ids = torch.zeros(shape, dtype=torch.int64)
+                    self.run(i, ids, models.default_position_ids(ids))
+            self.check_warm(i)
             log.info("profile %d %r ready in %.1f s (%s)", i, name, time.perf_counter() - t0,
                      "static, CUDA graph" if isinstance(runner, StaticGraphRunner) and runner.graph else "compiled")
-            self.runners.append(runner)
+
+    def check_warm(self, profile_index: int) -> None:
+        """Ready means warm: request-shaped calls must not compile anything.
+
+        Each warmed shape and one inside the range, with position_ids in every form a
+        request brings them: the default view serving.validate builds, a contiguous
+        tensor (from the client, through DLPack) and a stride-0 batch dim (numpy's
+        ``arange(n)[None, :]``). Any recompile raises here, at load, not on a request.
+        """
+        r = self.profiles.ranges(profile_index)["input_ids"]
+        inside = tuple((lo + hi) // 2 for lo, hi in zip(r.min, r.opt))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for shape in dict.fromkeys((r.opt, r.min, r.max, inside)):
+                ids = torch.zeros(shape, dtype=torch.int64)
+                view = models.default_position_ids(ids)
+                stride0 = torch.from_numpy(np.arange(shape[-1], dtype=np.int64)[(None,) * (len(shape) - 1)])
+                for pos in (view, view.clone(), stride0):
+                    try:
+                        self.run(profile_index, ids, pos)
+                    except torch._dynamo.exc.RecompileError as e:
+                        raise EngineLoadError(
+                            f"profile {profile_index} {self.profiles.names[profile_index]!r} recompiled after its "
+                            f"warm-up on a request at {list(shape)} (position_ids strides {pos.stride()}): {e}"
+                        ) from None
 
     def _forward(self, profile_index, input_ids, position_ids):
-        return self.runners[profile_index](input_ids, position_ids)
+        return self.runners[profile_index](compiled_layout(input_ids), compiled_layout(position_ids))
 
 
 def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> torch.nn.Module:

@@ -1,0 +1,72 @@
+"""The generate engine on CUDA: every profile a captured graph, same tokens as eager, no compile after warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmprofiles import models
+from llmprofiles.generation.engine import GenerationEngine, kv_buckets
+from llmprofiles.generation.forward import ModelShape, fuse_weights
+from llmprofiles.generation.scheduler import GenerateRequest, Scheduler
+from llmprofiles.profiles.generation import GenerationSpec
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")]
+
+SPEC = GenerationSpec(slots=8, max_context=320, decode_buckets=(1, 2, 4, 8), prefill_buckets=(16, 64))
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return models.load_model("tiny", torch.float32, "cuda")
+
+
+def engine(hf, **kw) -> GenerationEngine:
+    shape = ModelShape.from_config(hf.config.to_dict())
+    return GenerationEngine(shape, fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()}), SPEC,
+                            torch.device("cuda"), **kw)
+
+
+@pytest.fixture(scope="module")
+def graphed(hf):
+    e = engine(hf)
+    e.warm_up()
+    return e
+
+
+def greedy(e: GenerationEngine, prompts: list[list[int]], n: int) -> list[list[int]]:
+    outs: dict[int, list[int]] = {}
+    sched = Scheduler(e, _Tok(), lambda o: outs.setdefault(id(o.request), []).extend(o.ids))
+    reqs = [GenerateRequest(p, max_tokens=n, min_tokens=n) for p in prompts]
+    for r in reqs:
+        sched.submit(r)
+    while sched.run_once():
+        pass
+    return [outs[id(r)] for r in reqs]
+
+
+PROMPTS = [[5], list(range(10, 30)), list(range(100, 170)), list(range(7, 12))]
+
+
+def test_every_profile_is_captured_at_warm_up_for_each_attention_length(graphed):
+    expected = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in kv_buckets(SPEC.max_context) if k >= s}
+    assert set(graphed.graphs) == expected
+
+
+def test_graphs_give_the_eager_tokens_batched(hf, graphed):
+    eager = engine(hf, cuda_graphs=False, compile=False)
+    assert greedy(graphed, PROMPTS, 12) == greedy(eager, PROMPTS, 12)
+
+
+def test_no_compile_and_no_capture_at_request_time(graphed):
+    from torch._dynamo.utils import counters
+
+    graphs, frames = len(graphed.graphs), dict(counters["stats"])
+    greedy(graphed, PROMPTS[:3], 6)
+    assert len(graphed.graphs) == graphs and dict(counters["stats"]) == frames
+
+
+class _Tok:
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
