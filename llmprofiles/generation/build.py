@@ -28,6 +28,8 @@ from llmprofiles.profiles.generation import GenerationSpec, parse_buckets
 from llmprofiles.profiles.sets import generate_spec
 
 RUNTIME = "kv-portable"
+# How often running sequences are asked whether their client cancelled (each ask is a message to the server).
+CANCEL_CHECK_MS = 5
 CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -66,7 +68,8 @@ output [
 ]
 instance_group [ {{ count: 1, kind: {kind} }} ]
 parameters [
-  {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }}
+  {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }},
+  {{ key: "cancel_check_ms", value: {{ string_value: "{CANCEL_CHECK_MS}" }} }}
 ]
 """)
 

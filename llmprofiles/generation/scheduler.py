@@ -102,7 +102,7 @@ class Scheduler:
     """Owns slots and sequences; call :meth:`run_once` in a loop (:meth:`start` runs that loop in a thread)."""
 
     def __init__(self, engine, tokenizer, emit: Callable[[Output], None], max_queue: int = 64,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, cancel_check_s: float = 0.0):
         self.engine, self.tokenizer, self.emit = engine, tokenizer, emit
         self.max_queue = max_queue
         self.observer = observer or Observer()
@@ -114,6 +114,10 @@ class Scheduler:
         self._running: list[Sequence] = []
         self._stop = False
         self._thread: threading.Thread | None = None
+        # Asking whether a request was cancelled can cost a message to the server per sequence, so
+        # running sequences are asked at most every cancel_check_s (0 = every step).
+        self.cancel_check_s = cancel_check_s
+        self._last_cancel_check = 0.0
 
     # --- called from any thread --------------------------------------------------
 
@@ -203,6 +207,10 @@ class Scheduler:
             self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
                              num_input_tokens=len(request.prompt_ids)))
             dropped = True
+        now = time.perf_counter()
+        if now - self._last_cancel_check < self.cancel_check_s:
+            return dropped
+        self._last_cancel_check = now
         for seq in [*self._prefilling, *self._running]:
             if seq.request.is_cancelled():
                 self._finish(seq, "cancelled")

@@ -230,7 +230,7 @@ class MetricsObserver(Observer):
             "prompt": F("llm_generate_prompt_tokens_total", "Prompt tokens prefilled", F.COUNTER),
             "output": F("llm_generate_output_tokens_total", "Output tokens generated", F.COUNTER),
             "ttft": F("llm_generate_time_to_first_token_ms", "Time to first token (ms), queue included", F.HISTOGRAM),
-            "itl": F("llm_generate_inter_token_latency_ms", "Time between two tokens of a sequence (ms)", F.HISTOGRAM),
+            "itl": F("llm_generate_inter_token_latency_ms", "Time between two tokens of a sequence (ms), one sample per decode step", F.HISTOGRAM),
             "steps": F("llm_generate_steps_total", "Engine steps, by optimization profile", F.COUNTER),
         }
         self.families = fam  # families must outlive their metrics
@@ -251,8 +251,9 @@ class MetricsObserver(Observer):
         self.output.increment(1)
 
     def tokens(self, itl_ms: list[float]) -> None:
-        for v in itl_ms:
-            self.itl.observe(v)
+        # Each update is a message to the server, so a decode step records one inter-token latency (the
+        # median over its sequences: they share the step), not one per sequence.
+        self.itl.observe(sorted(itl_ms)[len(itl_ms) // 2])
         self.output.increment(len(itl_ms))
 
     def gauges(self, active: int, queued: int) -> None:

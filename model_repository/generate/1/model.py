@@ -34,9 +34,11 @@ class TritonPythonModel:
         self.engine = load_generation_engine(version_dir, device)  # EngineLoadError fails the load: `make build`
         self.tokenizer = Tokenizer(version_dir)
         self.limits = Limits(self.engine.vocab_size, self.engine.spec.max_context, self.engine.shape.eos_token_id)
-        max_queue = int(config["parameters"]["max_queue"]["string_value"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        max_queue, cancel_check_ms = int(params["max_queue"]), float(params.get("cancel_check_ms", "0"))
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
-        self.scheduler = Scheduler(self.engine, self.tokenizer, self._emit, max_queue, self.observer)
+        self.scheduler = Scheduler(self.engine, self.tokenizer, self._emit, max_queue, self.observer,
+                                   cancel_check_s=cancel_check_ms / 1e3)
         self.scheduler.start()
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
