@@ -6,20 +6,41 @@ them, and they are tested without Triton or a GPU.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from llmprofiles.profiles.spec import ProfileSet
 
 AUTO = "auto"
 PARAMETER = "optimization_profile"  # the per-request Triton parameter carrying the choice
+SHOWN_CHARS = 64  # a value echoed in an error is cut to this many characters
+# A canonical ASCII decimal index: no spaces, signs, leading zeros, non-ASCII digits or NULs.
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 class SelectionError(ValueError):
     """A request cannot be served by any allowed profile. The message says why."""
 
 
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long the original was.
+
+    >>> shown("x" * 100, limit=8)
+    "'xxxxxxx… (100 characters)"
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:limit - 1]}… ({size})"
+
+
 def parse_choice(profiles: ProfileSet, value: object) -> int | None:
     """Turn an ``optimization_profile`` parameter into an index, or None for auto.
+
+    Accepted, exactly: ``"auto"``, a declared name, a canonical ASCII decimal
+    index (``"0"``, ``"1"``; not ``" 1"``, ``"+1"``, ``"01"`` or ``"١"``), or a
+    JSON integer.
 
     >>> from llmprofiles.profiles.sets import MULTI
     >>> parse_choice(MULTI, "auto"), parse_choice(MULTI, "prefill"), parse_choice(MULTI, 0)
@@ -29,16 +50,15 @@ def parse_choice(profiles: ProfileSet, value: object) -> int | None:
     if value is None or value == AUTO:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise SelectionError(f"optimization_profile {value!r} is malformed; allowed: {allowed}")
+        raise SelectionError(f"optimization_profile {shown(value)} is malformed; allowed: {allowed}")
     if isinstance(value, str):
         if value in profiles.names:
             return profiles.names.index(value)
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise SelectionError(f"optimization_profile {value!r} is not a known profile; allowed: {allowed}") from None
+        if not _INDEX.fullmatch(value):  # fullmatch: "$" would accept a trailing newline
+            raise SelectionError(f"optimization_profile {shown(value)} is not a known profile; allowed: {allowed}")
+        value = int(value)
     if not 0 <= value < len(profiles):
-        raise SelectionError(f"optimization_profile index {value} is out of range; allowed: {allowed}")
+        raise SelectionError(f"optimization_profile index {shown(value)} is out of range; allowed: {allowed}")
     return value
 
 
