@@ -30,6 +30,9 @@ class FakeTensor:
     def to_dlpack(self):
         return to_dlpack(self.tensor)
 
+    def shape(self):
+        return list(self.tensor.shape)
+
 
 class FakeRequest:
     def __init__(self, inputs: dict, parameters: dict | None = None):
@@ -124,3 +127,51 @@ def test_engine_fault_fails_only_that_request(model, monkeypatch):
     responses = model.execute([FakeRequest({"input_ids": ids(7)}), FakeRequest({"input_ids": ids(1)})])
     assert responses[0].error.code == "INTERNAL" and "boom" in responses[0].error.msg
     assert responses[1].error is None
+
+
+class MetadataOnlyTensor(FakeTensor):
+    """A tensor whose metadata declares a huge shape; building it would be the allocation issue 13 is about."""
+
+    def __init__(self, name, shape):
+        self.name, self._shape = name, list(shape)
+
+    def shape(self):
+        return self._shape
+
+    def to_dlpack(self):
+        raise AssertionError(f"{self.name} was materialised before its declared shape {self._shape} was checked")
+
+
+def test_position_ids_without_input_ids_is_invalid_arg_and_counted(model):
+    """Issue 13 item 4: was INTERNAL "'NoneType' object has no attribute 'dim'" and not counted."""
+    before = model.invalid.value
+    (r,) = model.execute([FakeRequest({"position_ids": torch.zeros(1, 1, dtype=torch.int64)})])
+    assert r.error.code == "INVALID_ARG" and "input_ids is required" in r.error.msg, r.error.msg
+    assert model.invalid.value == before + 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1 << 40), (1 << 62, 4), (1, 513)])
+def test_huge_declared_shape_is_refused_from_metadata_alone(model, shape):
+    """Issue 13 item 7: no tensor (input or default position_ids) is built before the shape check."""
+    request = FakeRequest({})
+    request.inputs = {"input_ids": MetadataOnlyTensor("input_ids", shape)}
+    (r,) = model.execute([request])
+    assert r.error.code == "INVALID_ARG" and "fit no optimization profile" in r.error.msg, r.error.msg
+
+
+def test_position_id_at_or_past_max_position_embeddings_is_invalid_arg(model):
+    limit = model.handler.max_positions
+    assert limit == 32768  # the tiny preset's max_position_embeddings, read from model_config.json
+    ok, bad = (FakeRequest({"input_ids": ids(1), "position_ids": torch.full((1, 1), p, dtype=torch.int64)})
+               for p in (limit - 1, 10**12))
+    r_ok, r_bad = model.execute([ok, bad])
+    assert r_ok.error is None
+    assert r_bad.error.code == "INVALID_ARG"
+    assert "position id 1000000000000 in position_ids is out of range; allowed [0, 32767]" in r_bad.error.msg
+
+
+def test_huge_profile_value_gives_a_short_error(model):
+    """Issue 13 item 5: a 10 MB optimization_profile came back whole in the error."""
+    (r,) = model.execute([FakeRequest({"input_ids": ids(1)}, {"optimization_profile": "x" * 10_000_000})])
+    assert r.error.code == "INVALID_ARG" and len(r.error.msg) < 300, len(r.error.msg)
+    assert "10000" in r.error.msg and "allowed" in r.error.msg

@@ -13,13 +13,15 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from llmprofiles.runtimes.load import load_engine
-from llmprofiles.serving.llm import LATENCY_BUCKETS_MS, BadRequest, RequestHandler
+from llmprofiles.serving.llm import INPUTS, LATENCY_BUCKETS_MS, BadRequest, RequestHandler, cut_message, max_positions_of
 
 
-def _torch_input(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
+def _inputs(request):
+    """Each input's declared shape (metadata only) and a loader that builds its torch tensor on demand."""
+    tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
+    shapes = {name: None if t is None else tuple(t.shape()) for name, t in tensors.items()}
     # DLPack, not as_numpy(): works with numpy 2 and with GPU tensors.
-    return None if tensor is None else from_dlpack(tensor.to_dlpack())
+    return shapes, lambda name: None if tensors[name] is None else from_dlpack(tensors[name].to_dlpack())
 
 
 class TritonPythonModel:
@@ -43,7 +45,7 @@ class TritonPythonModel:
         self.latency = [latency.Metric(labels={"model": model, "profile": n}, buckets=list(LATENCY_BUCKETS_MS))
                         for n in names]
         self.invalid = errors.Metric(labels={"model": model})
-        self.handler = RequestHandler(self.engine, on_served=self._record)
+        self.handler = RequestHandler(self.engine, on_served=self._record, max_positions=max_positions_of(version_dir))
         pb_utils.Logger.log_info(f"{model}: profiles {list(names)} on {device}")
 
     def _record(self, index, latency_ms):
@@ -54,8 +56,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                served = self.handler(_torch_input(request, "input_ids"), _torch_input(request, "position_ids"),
-                                      request.parameters())
+                served = self.handler.serve(*_inputs(request), request.parameters())
                 outputs = [
                     pb_utils.Tensor.from_dlpack("logits", to_dlpack(served.logits.contiguous())),
                     pb_utils.Tensor.from_dlpack("profile_index",
@@ -65,9 +66,9 @@ class TritonPythonModel:
             except BadRequest as e:
                 self.invalid.increment(1)
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                    error=pb_utils.TritonError(cut_message(str(e)), pb_utils.TritonError.INVALID_ARG)))
             except Exception as e:  # an engine fault fails this request only; the server keeps serving
-                pb_utils.Logger.log_error(f"engine error: {e!r}")
+                pb_utils.Logger.log_error(cut_message(f"engine error: {e!r}"))
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal engine error: {e}", pb_utils.TritonError.INTERNAL)))
+                    error=pb_utils.TritonError(cut_message(f"internal engine error: {e}"), pb_utils.TritonError.INTERNAL)))
         return responses
