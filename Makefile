@@ -16,6 +16,7 @@ TORCH_SPEC   ?= torch==2.13.0
 PYTRITON     ?= nvidia-pytriton==0.7.0
 BENCH_MODEL  ?= gemma-3-1b
 BENCH_ARGS   ?=
+CHAOS_ARGS   ?=
 # Generate model overrides (empty = the model's declaration in llmprofiles/profiles/sets.py).
 GEN_SLOTS    ?=
 GEN_CONTEXT  ?=
@@ -32,7 +33,7 @@ GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(if $(GEN_SLOTS
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
 	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS))
 
-.PHONY: help setup build serve demo test bench bench-decode check-tensorrt clean
+.PHONY: help setup build serve demo test bench bench-decode bench-generate check-tensorrt clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -55,8 +56,8 @@ build: $(SETUP)  ## build the multi-profile engine (llm), the single-profile bas
 	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
 	$(PY) build/build_generate.py $(GEN_ARGS) --out model_repository/generate
 
-serve: build  ## run tritonserver in the foreground on 127.0.0.1
-	$(PY) -m llmprofiles.serving.launcher --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+serve: build  ## run tritonserver in the foreground on 127.0.0.1, supervised: refuses taken ports, restarts it if it or a model dies (status in .triton/supervisor.json)
+	$(PY) -m llmprofiles.serving.supervisor --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 demo: build  ## start the server, drive decode + prefill traffic, print the comparison table, stop
 	$(PY) client/demo.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
@@ -70,6 +71,14 @@ bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Trito
 
 bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (single-query attention, coordinate descent), kernel profiles
 	$(PY) -m bench.decode_variants --model $(BENCH_MODEL)
+
+bench-generate: $(SETUP)  ## GPU: the generate model of BENCH_MODEL: engine, Triton streaming (client + perf_analyzer), load, HF anchor; BENCH_ARGS="--phase engine" etc.
+	$(PY) build/build_generate.py --model $(BENCH_MODEL) --device cuda --out model_repository/generate
+	BENCH_VIA_MAKE='make bench-generate PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m bench.generate_bench --model $(BENCH_MODEL) --device cuda $(BENCH_ARGS)
+
+.PHONY: chaos
+chaos: build  ## fault injection under load: kill the server and a backend stub in turn; recovery times, requests lost; one JSON line
+	$(PY) client/chaos.py $(CHAOS_ARGS)
 
 check-tensorrt: $(SETUP)  ## self-check for users with TensorRT on a GPU: build, read profiles back, compare logits
 	$(PY) -m llmprofiles.runtimes.check_tensorrt

@@ -9,6 +9,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"
+# Recovery times measured by the chaos tests (fault, seconds from the fault to the first good answer).
+RECOVERIES: list[tuple[str, float]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for fault, seconds in RECOVERIES:
+        terminalreporter.write_line(f"recovery: {fault}: {seconds:.1f} s from the fault to the first good answer")
+
+
+def llm_only_repo(dest: Path) -> Path:
+    """A repository of symlinks to the built llm models only: another model half-written in model_repository/ cannot stop it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for m in ("llm", "llm_single"):
+        (dest / m).symlink_to(REPO / m)
+    return dest
 
 
 def free_port() -> int:

@@ -191,15 +191,20 @@ class TritonServer:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM the server's process group (in-flight requests finish), SIGKILL after ``grace_s``."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         if self.proc:
+            try:  # backend stubs left behind by a server that died (SIGKILL, abort) share its process group
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             self._log.close()
 
     def __enter__(self) -> TritonServer:
@@ -217,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port on 127.0.0.1")
     p.add_argument("--work-dir", type=Path, default=Path(".triton"), help="where the backend folder is assembled")
     a = p.parse_args(argv)
+    busy = busy_ports({"HTTP": a.http_port, "gRPC": a.grpc_port, "metrics": a.metrics_port})
+    if busy:  # tritonserver would load every model first, then exit (or run without metrics) with the reason in its log
+        raise SystemExit(f"cannot start tritonserver: {', '.join(busy)} on 127.0.0.1 already in use; "
+                         "stop what holds it or choose other ports")
     a.work_dir.mkdir(parents=True, exist_ok=True)
     cmd = server_command([a.model_repository], a.http_port, a.grpc_port, a.metrics_port, a.work_dir)
     os.execve(cmd[0], cmd, server_env())
