@@ -13,6 +13,8 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from llmprofiles.generation.engine import load_generation_engine
@@ -66,7 +68,9 @@ class TritonPythonModel:
         if out.error is not None:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
         else:
-            tensors = [pb_utils.Tensor(name, array) for name, array in response_arrays(out, flags).items()]
+            # Numbers through DLPack (any numpy); BYTES need numpy < 2 in this stub (see README).
+            tensors = [pb_utils.Tensor.from_dlpack(name, torch.from_numpy(array)) if array.dtype == np.int64
+                       else pb_utils.Tensor(name, array) for name, array in response_arrays(out, flags).items()]
             response = pb_utils.InferenceResponse(output_tensors=tensors)
         try:
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.final else 0)
