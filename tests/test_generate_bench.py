@@ -1,0 +1,223 @@
+"""The generate benchmark's pure logic: targets, the report, perf_analyzer's profile export (no server, no GPU)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench.generate_bench import (FULL, QUICK, compare_greedy, last_json_line, parse_profile_export, report, resolve,
+                                  step_intervals_ms, targets)
+
+MS = 1_000_000  # ns per ms
+
+
+def summary(p50: float, p99: float) -> dict:
+    return {"count": 100, "p50_ms": p50, "p90_ms": (p50 + p99) / 2, "p99_ms": p99, "mean_ms": p50}
+
+
+def decode(batch: int, ms: float) -> dict:
+    return {"batch": batch, "profile": f"decode_b{batch}", "context": 192, "call_ms": summary(ms, ms * 1.1),
+            "replay_ms": summary(ms * 0.9, ms)}
+
+
+def client(ttft: float, itl: float, itl99: float, tps: float, errors: int = 0) -> dict:
+    return {"ttft": summary(ttft, ttft * 2), "itl": summary(itl, itl99), "e2e": summary(300, 400),
+            "output_tokens_per_s": tps, "count": 40, "errors": errors, "mismatches": 0, "ok": not errors,
+            "wall_s": 25.0, "server_steps": {}, "command": "python client/generate.py ..."}
+
+
+def met_state() -> dict:
+    """A run that meets every target of issue 11."""
+    gib = 2**30
+    return {
+        "env": {"gpu": "NVIDIA H200", "driver": "580", "torch": "2.11", "cuda": "13.0", "transformers": "5.17",
+                "numpy": "2.5.2", "python": "3.12", "tritonserver_wheel": "0.7.0", "perf_analyzer_wheel": "2.60.0",
+                "date": "2026-11-30",
+                "manifest": {"model": "gemma-3-1b", "dtype": "float16", "device": "cuda", "runtime": "kv-portable",
+                             "generation": {"slots": 64, "max_context": 2048, "decode_buckets": [1, 64],
+                                            "prefill_buckets": [128]}}},
+        "commands": {"engine": "python -m bench.generate_bench --phase engine"},
+        "make": {"engine": 'make bench-generate PY=python3 BENCH_ARGS="--phase engine"'},
+        "phase_wall_s": {"engine": 240.0},
+        "engine": {
+            "load_s": 20.0, "warm_up_s": [1.0, 2.0, 3.0], "profiles": ["decode_b1", "decode_b64", "prefill_128"],
+            "decode": {"1": decode(1, 1.1), "64": decode(64, 1.9)},
+            "prefill": {"128": {"length": 128, "profile": "prefill_128", "call_ms": summary(5.0, 6.0), "replay_ms": None}},
+            "host_gap": {"concurrency": 64, "profile": "decode_b64", "steps": 180, "step_wall_ms": summary(2.2, 3.0),
+                         "engine_call_p50_ms": 1.9, "gpu_step_p50_ms": 1.7, "gpu_step_is": "graph replay (CUDA events)",
+                         "host_gap_ms": 0.5, "tokens_per_s": 28_000.0},
+            "memory": {"weights_bytes": 2 * gib, "kv_bytes": 3 * gib, "max_allocated_bytes": int(5.3 * gib),
+                       "max_reserved_bytes": int(5.5 * gib), "rest_allocated_bytes": int(0.3 * gib),
+                       "rest_reserved_bytes": int(0.5 * gib)},
+            "greedy": {"prompts": 100, "tokens": 32, "identical": 97, "first_divergence": [20, 25, 30],
+                       "median_first_divergence": 25.0, "hf_generate_s": 10.0},
+            "spec": {}, "dtype": "float16"},
+        "triton": {
+            "startup_s": 80.0,
+            "first_vs_steady": {"first": {"ttft_ms": 12.0, "e2e_ms": 300.0},
+                                "steady": [{"ttft_ms": 10.0, "e2e_ms": 260.0}] * 5,
+                                "steady_ttft_p50_ms": 10.0, "steady_e2e_p50_ms": 260.0},
+            "client": {"1": client(12.0, 1.8, 2.5, 520.0), "64": client(40.0, 2.4, 9.0, 26_000.0)},
+            "perf_analyzer": {"1": {"not_run": "perf_analyzer not found"}, "64": {"error": "exit 1: boom"}},
+            "memory_after_sweep": {"host_rss_bytes": gib, "gpu_used_bytes": 7 * gib},
+            "gauges_end": {"active_sequences": 0.0, "queue_size": 0.0}},
+        "load": {"concurrency": 64, "seconds": 300.0, "wall_s": 301.0, "requests": 9000, "completed": 8100,
+                 "cancelled": 900, "errors": 0, "error_samples": [], "output_tokens_per_s": 25_000.0,
+                 "ttft": summary(40.0, 80.0),
+                 "memory_start": {"host_rss_bytes": gib, "gpu_used_bytes": 7 * gib},
+                 "memory_end": {"host_rss_bytes": gib + (8 << 20), "gpu_used_bytes": 7 * gib},
+                 "gauges_end": {"active_sequences": 0.0, "queue_size": 0.0}},
+        "anchor": {"batches": {"1": {"batch": 1, "first_call_s": 70.0, "long": 72, "short": 8, "long_s": [1.0],
+                                     "short_s": [0.5], "per_token_ms": 4.0, "tokens_per_s": 250.0}},
+                   "cache_implementation": "static", "prompt_len": 128},
+    }
+
+
+def verdicts(state: dict) -> dict[str, str]:
+    return {name: v for name, _, v in targets(state)}
+
+
+def test_every_target_met_when_the_numbers_meet_them():
+    v = verdicts(met_state())
+    assert set(v.values()) == {"MET"}, v
+
+
+def test_targets_missed_follow_the_numbers():
+    s = met_state()
+    s["engine"]["decode"]["64"] = decode(64, 2.5)
+    s["triton"]["client"]["1"] = client(16.0, 2.1, 3.0, 400.0)
+    s["triton"]["client"]["64"] = client(40.0, 3.0, 12.0, 20_000.0)
+    s["triton"]["first_vs_steady"]["first"]["e2e_ms"] = 600.0
+    s["engine"]["memory"]["max_reserved_bytes"] = int(6 * 2**30)  # 1.2x of weights + KV
+    s["engine"]["greedy"]["identical"] = 90
+    s["load"]["errors"] = 3
+    s["load"]["memory_end"]["host_rss_bytes"] += 200 << 20
+    s["load"]["gauges_end"]["active_sequences"] = 2.0
+    v = verdicts(s)
+    assert v["engine decode step at batch 1 <= 1.2 ms (median)"] == "MET"
+    missed = [name for name, verdict in v.items() if verdict == "MISSED"]
+    assert len(missed) == len(v) - 1, v
+
+
+def test_unmeasured_targets_say_so_rather_than_pass_or_fail():
+    s = met_state()
+    for key in ("triton", "load"):
+        del s[key]
+    del s["engine"]["decode"]["64"]
+    for key in ("max_allocated_bytes", "max_reserved_bytes", "rest_allocated_bytes", "rest_reserved_bytes"):
+        del s["engine"]["memory"][key]  # a CPU run
+    v = verdicts(s)
+    assert v["engine decode step at batch 64 <= 2.0 ms (median)"] == "not measured"
+    assert v["Triton concurrency 64: >= 25,000 output tokens/s"] == "not measured"
+    assert v["GPU memory <= weights + KV pool + 15% (peak reserved by PyTorch)"] == "not measured"
+    assert v["load run: every slot free at the end (active sequences and queue 0)"] == "not measured"
+
+
+def test_short_load_run_or_few_prompts_cannot_meet_but_errors_still_miss():
+    s = met_state()
+    s["load"]["wall_s"], s["load"]["concurrency"] = 15.0, 4
+    s["engine"]["greedy"] |= {"prompts": 8, "identical": 8}
+    v = verdicts(s)
+    assert v["load run with cancellations: zero errors"] == "not measured"
+    assert v["load run: memory flat (drift < 64 MiB)"] == "not measured"
+    assert v["greedy first 32 tokens identical to HF generate for >= 95 of 100 prompts"] == "not measured"
+    s["load"]["errors"] = 1
+    assert verdicts(s)["load run with cancellations: zero errors"] == "MISSED"
+
+
+def test_report_renders_every_section_and_names_failures():
+    s = met_state()
+    s["errors"] = {"anchor": "RuntimeError: compile failed"}
+    s["notes"] = ["perf_analyzer wheel carried from the CPU machine"]
+    md = report(s)
+    for heading in ("## Targets (issue 11)", "## Engine alone", "## Through Triton", "## Load run with cancellations",
+                    "## Anchor: HF `generate`"):
+        assert heading in md
+    assert "not run: perf_analyzer not found" in md and "error: exit 1: boom" in md
+    assert "**The anchor phase failed:**\n\n```\nRuntimeError: compile failed\n```" in md
+    assert 'engine: `make bench-generate PY=python3 BENCH_ARGS="--phase engine"`, which ran' in md
+    assert "the device waits 0.500 ms per step" in md
+
+
+def test_report_of_an_engine_only_cpu_run():
+    s = met_state()
+    for key in ("triton", "load", "anchor"):
+        del s[key]
+    s["engine"]["decode"]["1"]["replay_ms"] = None
+    md = report(s)
+    assert "## Through Triton" not in md and "| 1 | decode_b1 | 1.100 |" in md
+
+
+def export(window: list[int] | None) -> dict:
+    """Two streamed requests: 3 tokens (one response carries two ids) and 2 tokens plus an empty final response."""
+    t0 = 1_700_000_000 * 10**9
+    requests = [
+        {"timestamp": t0, "request_inputs": {"max_tokens": 3},
+         "response_timestamps": [t0 + 10 * MS, t0 + 12 * MS, t0 + 16 * MS],
+         "response_outputs": [{"output_ids": 7}, {"output_ids": [8, 9]}, {"output_ids": 5, "finish_reason": "length"}]},
+        {"timestamp": t0 + 20 * MS, "request_inputs": {"max_tokens": 2},
+         "response_timestamps": [t0 + 25 * MS, t0 + 26 * MS, t0 + 27 * MS],
+         "response_outputs": [{"output_ids": 1}, {"output_ids": 2}, {"output_ids": ""}]},
+    ]
+    exp = {"experiment": {"mode": "concurrency", "value": 2}, "requests": requests}
+    if window is not None:
+        exp["window_boundaries"] = [t0 + w * MS for w in window]
+    return {"version": "2.60.0", "service_kind": "triton", "endpoint": "", "experiments": [exp]}
+
+
+def test_profile_export_gives_ttft_itl_and_tokens_per_s():
+    (r,) = parse_profile_export(export(window=[0, 15, 30]))
+    assert r["concurrency"] == 2 and r["requests"] == 2
+    assert r["ttft"]["count"] == 2 and r["ttft"]["p50_ms"] == pytest.approx(7.5)  # 10 and 5 ms
+    # ITL: 2 ms over two tokens -> 1, 1; then 4; then 1 (the empty final response is no token)
+    assert r["itl"]["count"] == 4
+    assert r["itl"]["p50_ms"] == pytest.approx(1.0)
+    assert r["output_tokens"] == 6 and r["window_s"] == pytest.approx(0.030)
+    assert r["output_tokens_per_s"] == pytest.approx(200.0)
+
+
+def test_profile_export_without_windows_uses_first_request_to_last_response():
+    (r,) = parse_profile_export(export(window=None))
+    assert r["window_s"] == pytest.approx(0.027) and r["output_tokens"] == 6
+
+
+def test_profile_export_without_outputs_counts_one_token_per_response():
+    doc = export(window=[0, 30])
+    for req in doc["experiments"][0]["requests"]:
+        req.pop("response_outputs")
+    (r,) = parse_profile_export(doc)
+    assert r["output_tokens"] == 6 and r["ttft"]["count"] == 2
+
+
+def test_greedy_comparison_counts_identical_prompts_and_first_divergence():
+    r = compare_greedy([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 3, 4, 9], [1, 2, 0, 4], [5, 0, 7, 8]], 4)
+    assert r["identical"] == 1 and r["first_divergence"] == [2, 1] and r["median_first_divergence"] == 1.5
+    assert compare_greedy([[1, 2]], [[1]], 2)["first_divergence"] == [1]  # a short answer diverges where it ends
+    with pytest.raises(ValueError, match="2 reference sequences but 1"):
+        compare_greedy([[1], [2]], [[1]], 1)
+
+
+def test_step_intervals_skip_steps_around_a_prefill_or_a_partial_batch():
+    events = [(0.0, 3, 4), (0.002, 3, 4), (0.003, 5, 1), (0.004, 3, 4), (0.0065, 3, 4), (0.008, 3, 3)]
+    assert step_intervals_ms(events, 3, 4) == pytest.approx([2.0, 2.5])
+
+
+def test_last_json_line_skips_trailing_text():
+    assert last_json_line('{"a": 1}\ntable\n{"ok": false, "errors": 2}\n\n') == {"ok": False, "errors": 2}
+    assert last_json_line("no json here\n[1, 2]\n") is None
+
+
+def test_quick_settings_yield_to_explicit_flags():
+    a = argparse.Namespace(quick=True, **{k: None for k in FULL})
+    a.concurrency = [1, 4]
+    resolve(a)
+    assert a.concurrency == [1, 4] and a.load_seconds == QUICK["load_seconds"]
+    b = argparse.Namespace(quick=False, **{k: None for k in FULL})
+    resolve(b)
+    assert b.concurrency == [1, 8, 32, 64] and b.anchor_batches == [1, 16, 64]
+    c = argparse.Namespace(quick=False, **{k: None for k in FULL})
+    c.anchor_lengths = [8, 72]
+    with pytest.raises(SystemExit, match="the longer first"):
+        resolve(c)
+
