@@ -15,6 +15,12 @@ METRICS_PORT ?= 8002
 TORCH_SPEC   ?= torch==2.13.0
 PYTRITON     ?= nvidia-pytriton==0.7.0
 BENCH_MODEL  ?= gemma-3-1b
+# Which models `make build` builds (make bench measures llm and llm_single only).
+BUILD_MODELS ?= llm llm_single generate
+# FRESH=1: build from scratch: first wipe the inductor cache and the built versions of BUILD_MODELS.
+FRESH        ?=
+# torch-compile on CUDA: compiles of the static decode profile, each from an empty cache; the fastest is kept (empty = 3).
+TUNE_RUNS    ?=
 BENCH_ARGS   ?=
 CHAOS_ARGS   ?=
 # Generate model overrides (empty = the model's declaration in llmprofiles/profiles/sets.py).
@@ -28,7 +34,7 @@ export PYTHONUNBUFFERED := 1
 # With PY=python3 the package is not installed: make it importable from the checkout.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
-BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE)
+BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE) $(if $(TUNE_RUNS),--tune-runs $(TUNE_RUNS))
 GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
 	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS))
@@ -51,10 +57,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "numpy<2"
 	touch $@
 
-build: $(SETUP)  ## build the multi-profile engine (llm), the single-profile baseline (llm_single) and the generate model
-	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set multi --out model_repository/llm
-	$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single
-	$(PY) build/build_generate.py $(GEN_ARGS) --out model_repository/generate
+build: $(SETUP)  ## build the multi-profile engine (llm), the single-profile baseline (llm_single) and the generate model; FRESH=1 from scratch, BUILD_MODELS to pick
+ifeq ($(FRESH),1)
+	rm -rf "$(TORCHINDUCTOR_CACHE_DIR)"
+	for m in $(BUILD_MODELS); do [ ! -d model_repository/$$m/1 ] || find model_repository/$$m/1 -mindepth 1 ! -name model.py -delete; done
+endif
+	$(if $(filter llm,$(BUILD_MODELS)),$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set multi --out model_repository/llm)
+	$(if $(filter llm_single,$(BUILD_MODELS)),$(PY) build/build_engine.py $(BUILD_ARGS) --profile-set single --out model_repository/llm_single)
+	$(if $(filter generate,$(BUILD_MODELS)),$(PY) build/build_generate.py $(GEN_ARGS) --out model_repository/generate)
 
 serve: build  ## run tritonserver in the foreground on 127.0.0.1, supervised: refuses taken ports, restarts it if it or a model dies (status in .triton/supervisor.json)
 	$(PY) -m llmprofiles.serving.supervisor --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)

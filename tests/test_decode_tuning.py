@@ -1,0 +1,140 @@
+"""Build-time tuning of the static decode profile: the selection logic, and build_compiled's use of it (no GPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llmprofiles.build import build
+from llmprofiles.profiles.sets import PROFILE_SETS
+from llmprofiles.runtimes import compiled
+from llmprofiles.runtimes.compiled import pick_fastest
+
+
+def fake_attempts(times: list[float | Exception]):
+    """An attempt function over fixed outcomes: a time, or an exception that attempt raises."""
+    calls = []
+
+    def attempt(k: int):
+        calls.append(k)
+        if isinstance(times[k], Exception):
+            raise times[k]
+        return times[k], f"artifacts-{k}".encode()
+
+    return attempt, calls
+
+
+def test_the_fastest_attempt_wins_and_every_attempt_is_recorded():
+    attempt, calls = fake_attempts([1.9, 1.4, 1.6])
+    payload, record = pick_fastest(attempt, 3)
+    assert calls == [0, 1, 2]
+    assert payload == b"artifacts-1"
+    assert record["winner"] == 1 and record["winner_ms"] == 1.4 and record["runs"] == 3
+    assert [a["ms"] for a in record["attempts"]] == [1.9, 1.4, 1.6]
+    assert record["spread"] == pytest.approx((1.9 - 1.4) / 1.4)
+
+
+def test_a_tie_keeps_the_first_attempt():
+    payload, record = pick_fastest(fake_attempts([1.5, 1.5])[0], 2)
+    assert payload == b"artifacts-0" and record["winner"] == 0
+
+
+def test_a_failed_attempt_is_recorded_and_skipped():
+    attempt, _ = fake_attempts([RuntimeError("autotune crashed"), 1.7, torch.cuda.OutOfMemoryError("oom")])
+    payload, record = pick_fastest(attempt, 3)
+    assert payload == b"artifacts-1" and record["winner"] == 1
+    assert record["attempts"][0] == {"attempt": 0, "error": "RuntimeError: autotune crashed"}
+    assert record["attempts"][2]["error"].startswith("OutOfMemoryError")
+    assert record["spread"] == 0.0  # one timed attempt
+
+
+def test_all_attempts_failing_raises_with_every_error():
+    attempt, _ = fake_attempts([RuntimeError("first"), ValueError("second")])
+    with pytest.raises(RuntimeError, match="all 2 tuning attempts failed: RuntimeError: first; ValueError: second"):
+        pick_fastest(attempt, 2)
+
+
+@pytest.mark.parametrize("runs", [0, -1, 1.5])
+def test_fewer_than_one_run_raises(runs):
+    with pytest.raises(ValueError, match="at least one run"):
+        pick_fastest(fake_attempts([1.0])[0], runs)
+
+
+def test_build_refuses_zero_tune_runs_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--tune-runs 0"):
+        build("tiny", "multi", "torch-compile", "cpu", "float32", tmp_path / "llm", tune_runs=0)
+
+
+def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning(monkeypatch, tmp_path):
+    """The CUDA path's order, with the GPU parts faked: tune each static profile, load the winners, compile, save."""
+    events = []
+
+    class FakeEngine:
+        def __init__(self, wrapper, profiles, device):
+            events.append("compile engine")
+            self.runners = [f"runner-{i}" for i in range(len(profiles))]
+
+    def fake_tune(wrapper, shape, device, runs):
+        events.append(f"tune {shape} x{runs}")
+        return b"winner", {"runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3,
+                           "spread": 0.0}
+
+    class NoCache:
+        def __enter__(self):
+            events.append("fresh cache")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(compiled, "prepare", lambda wrapper: events.append("prepare"))
+    monkeypatch.setattr(compiled, "tune_static_profile", fake_tune)
+    monkeypatch.setattr(compiled, "CompiledEngine", FakeEngine)
+    monkeypatch.setattr(compiled, "replay_ms", lambda runner: 1.31)
+    monkeypatch.setattr(compiled, "fresh_compile_cache", NoCache)
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda b: events.append(f"load {b!r}"))
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"all profiles", None))
+
+    def step(what):
+        return NoCache()
+
+    ctx = SimpleNamespace(device=torch.device("cuda"), wrapper=object(), profiles=PROFILE_SETS["multi"],
+                          version_dir=tmp_path)
+    artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
+    static = [n for i, n in enumerate(PROFILE_SETS["multi"].names) if PROFILE_SETS["multi"].ranges(i)["input_ids"].is_static]
+    assert static == ["decode"]
+    assert events.index("tune (1, 1) x2") < events.index("load b'winner'") < events.index("compile engine")
+    assert artifacts == [compiled.COMPILE_CACHE] and (tmp_path / compiled.COMPILE_CACHE).read_bytes() == b"all profiles"
+    assert extra["decode_tuning"]["decode"]["final_ms"] == 1.31 and extra["decode_tuning"]["decode"]["winner"] == 0
+
+    events.clear()  # the single-profile set has no static profile: nothing to tune, no record
+    ctx.profiles = PROFILE_SETS["single"]
+    artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
+    assert not any(e.startswith("tune") for e in events) and extra == {}
+
+
+def test_build_compiled_does_nothing_on_cpu():
+    ctx = SimpleNamespace(device=torch.device("cpu"))
+    assert compiled.build_compiled(ctx, None, tune_runs=3) == ([], {})
+
+
+def make_dry_run(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "MAKEFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "-n", "build", "PY=python3", *args], capture_output=True, text=True, check=True,
+                          env=env, cwd=Path(__file__).parent.parent).stdout
+
+
+def test_make_build_fresh_wipes_the_inductor_cache_and_only_the_chosen_builds():
+    out = make_dry_run("FRESH=1", "BUILD_MODELS=llm", "TUNE_RUNS=2", "DEVICE=cuda")
+    lines = out.splitlines()
+    assert lines[0].startswith("rm -rf ") and lines[0].rstrip('"').endswith(".cache/inductor")
+    assert "for m in llm; do" in lines[1] and "! -name model.py -delete" in lines[1]
+    assert "--tune-runs 2 --profile-set multi --out model_repository/llm" in out
+    assert "llm_single" not in out and "build_generate" not in out
+    plain = make_dry_run()
+    assert "rm -rf" not in plain and "--tune-runs" not in plain and "build_generate" in plain
+    assert "rm -rf" not in make_dry_run("FRESH=0")
