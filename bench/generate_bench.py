@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,7 @@ def phase_engine(a, state: dict) -> dict:
     rng = np.random.default_rng(SEED)
     base = 0
     if cuda:
+        torch.cuda.init()  # the allocator's statistics refuse an uninitialised device ("Invalid device argument")
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -559,6 +561,7 @@ def run_client(server, a, concurrency: int, vocab: int) -> dict:
     print(f"$ {' '.join(cmd)}", flush=True)
     limit = (a.sweep_seconds or 0) + 600
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    (WORK / f"client_c{concurrency}.log").write_text(p.stdout + p.stderr)
     result = last_json_line(p.stdout)
     if result is None:
         raise RuntimeError(f"client/generate.py exited {p.returncode} without a JSON line; stderr:\n{p.stderr[-2000:]}")
@@ -673,6 +676,10 @@ def phase_triton(a, state: dict) -> dict:
             result = run_client(server, a, c, vocab)
             out["client"][str(c)] = client_figures(result) | {"command": " ".join(client_command(server, a, c, vocab))}
             f = out["client"][str(c)]
+            if not f["ttft"]:  # the client refused to run (its JSON names why): keep going, report it
+                f["error"] = result.get("error", "no figures")
+                print(f"client c={c} failed: {f['error']}", flush=True)
+                continue
             print(f"client c={c}: ttft p50 {f['ttft']['p50_ms']}, itl p50 {f['itl']['p50_ms']} p99 "
                   f"{f['itl']['p99_ms']}, {f['output_tokens_per_s']} tok/s, errors {f['errors']}", flush=True)
         out["memory_after_sweep"] = server_memory(server)
@@ -1171,6 +1178,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             state[a.phase] = phase(a, state)
         except Exception as e:  # keep what other phases measured: report it and name the failure
+            traceback.print_exc()
             error = state["errors"][a.phase] = f"{type(e).__name__}: {e}"
             if a.phase != "anchor":  # the anchor keeps the batch sizes measured in earlier calls
                 state.pop(a.phase, None)

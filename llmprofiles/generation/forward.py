@@ -134,23 +134,15 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
     B, H, S, D = q.shape
     T, kvh = mask.shape[-1], k_pool.shape[2]
     g = H // kvh
-    if S == 1:
-        # One query token: attention as two reductions that read the pool where it lies, which the
-        # compiler fuses with the gather and the softmax (no copied keys, no tiny matmuls).
-        keys, values = k_pool[slots, :T], v_pool[slots, :T]  # [B, T, kvh, D]
-        qg = q.view(B, kvh, g, 1, D).float()
-        scores = (qg * keys.permute(0, 2, 1, 3)[:, :, None].float()).sum(-1) * scale  # [B, kvh, g, T]
-        scores = scores.masked_fill(~mask.view(B, 1, 1, T), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        attn = (probs[..., None] * values.permute(0, 2, 1, 3)[:, :, None].float()).sum(-2)  # [B, kvh, g, D]
-        attn = attn.to(q.dtype).view(B, H, 1, D)
-    else:
-        keys = k_pool[slots, :T].permute(0, 2, 3, 1)  # [B, kvh, D, T]
-        values = v_pool[slots, :T].transpose(1, 2)  # [B, kvh, T, D]
-        scores = (q.reshape(B, kvh, g * S, D) @ keys).float().view(B, kvh, g, S, T) * scale
-        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype).view(B, kvh, g * S, T)
-        attn = (probs @ values).view(B, H, S, D)
+    # Batched matmuls over the gathered slots. In `make bench-generate` on the H200 (gemma-3-1b, 192
+    # positions) a decode step took 1.99 / 2.89 ms at batch 1 / 64 this way, and 2.12 / 6.85 ms with
+    # single-query attention written as two fused reductions (inductor split those at batch 64).
+    keys = k_pool[slots, :T].permute(0, 2, 3, 1)  # [B, kvh, D, T]
+    values = v_pool[slots, :T].transpose(1, 2)  # [B, kvh, T, D]
+    scores = (q.reshape(B, kvh, g * S, D) @ keys).float().view(B, kvh, g, S, T) * scale
+    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype).view(B, kvh, g * S, T)
+    attn = (probs @ values).view(B, H, S, D)
     x = attn.transpose(1, 2).reshape(B, S, H * D) @ o_w.t()
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
