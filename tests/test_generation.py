@@ -312,6 +312,20 @@ def test_incremental_text_matches_whole_decode_with_multibyte_characters(tokeniz
     assert not any("\ufffd" in p for p in pieces)
 
 
+def test_batched_detokenizing_gives_each_stream_its_own_text(tokenizer):
+    from llmprofiles.generation.detokenizer import add_each
+
+    texts = ["héllo wörld", "日本語 ✓ x", "def f(): pass"]
+    ids = [tokenizer.encode(t) for t in texts]
+    one = [IncrementalDetokenizer(tokenizer, i[:1]) for i in ids]
+    many = [IncrementalDetokenizer(tokenizer, i[:1]) for i in ids]
+    for step in range(1, max(map(len, ids))):
+        live = [k for k in range(3) if step < len(ids[k])]
+        expected = [one[k].add([ids[k][step]]) for k in live]
+        assert add_each([many[k] for k in live], [ids[k][step] for k in live]) == expected
+    assert ["".join(x) for x in ([d.flush()] for d in many)] == [d.flush() for d in one]
+
+
 # --- request checks ----------------------------------------------------------------------------
 
 LIMITS = Limits(vocab_size=32000, max_context=64, end_id=1)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from llmprofiles.generation.detokenizer import IncrementalDetokenizer
+from llmprofiles.generation.detokenizer import IncrementalDetokenizer, add_each
 from llmprofiles.generation.sampler import SamplingParams, generator_for, sample
 
 log = logging.getLogger(__name__)
@@ -258,14 +258,18 @@ class Scheduler:
         now = time.perf_counter()
         if not first:
             self.observer.tokens([(now - s.last_token_at) * 1e3 for s in group])
-        for seq, token in zip(group, tokens):
+        stops = [token == self._end_id(seq) and len(seq.generated) + 1 > seq.request.min_tokens
+                 for seq, token in zip(group, tokens)]
+        # The end token itself is not part of the output; every other token is detokenized, in one batch.
+        kept = [(seq, token) for seq, token, stop in zip(group, tokens, stops) if not stop]
+        texts = add_each([seq.detok for seq, _ in kept], [token for _, token in kept])
+        for (seq, token), text in zip(kept, texts):
+            seq.output_tokens += 1
+            seq.pending_ids.append(token)
+            seq.pending_text += text
+        for seq, token, stop in zip(group, tokens, stops):
             seq.last_token_at = now
             seq.generated.append(token)
-            stop = token == self._end_id(seq) and len(seq.generated) > seq.request.min_tokens
-            if not stop:  # the end token itself is not part of the output
-                seq.output_tokens += 1
-                seq.pending_ids.append(token)
-                seq.pending_text += seq.detok.add([token])
             if stop:
                 self._finish(seq, "stop")
             elif len(seq.generated) >= seq.request.max_tokens:
