@@ -303,6 +303,17 @@ def test_trained_tokenizer_has_the_model_vocab_and_every_id_decodes(tokenizer):
         assert isinstance(tokenizer.decode([i], skip_special_tokens=False), str)
 
 
+def test_transformers_loads_the_built_tokenizer_folder(tokenizer, tmp_path_factory):
+    """genai-perf's --tokenizer and AutoTokenizer read the folder the build writes."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tok_hf")
+    train_bpe(32000, folder, 512)
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    assert hf("def main():").input_ids == tokenizer.encode("def main():")
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (2, 1, 0)
+
+
 def test_incremental_text_matches_whole_decode_with_multibyte_characters(tokenizer):
     text = "def f(x):\n    return 'héllo wörld 日本語 ✓' + x"
     ids = tokenizer.encode(text)

@@ -164,6 +164,23 @@ def test_same_seed_same_tokens(server):
     assert ids_of(generate(server.grpc_url, input_ids=[5, 6, 7], sampling_parameters=params)) == run(42)
 
 
+def test_token_counters_and_latency_histograms_move(server):
+    def read():
+        m = server.metrics()
+        get = lambda name: sum(v for (n, labels), v in m.items() if n == name and dict(labels).get("model") == "generate")  # noqa: E731
+        return {k: get(k) for k in ("llm_generate_prompt_tokens_total", "llm_generate_output_tokens_total",
+                                    "llm_generate_time_to_first_token_ms_count",
+                                    "llm_generate_inter_token_latency_ms_count")}
+
+    before = read()
+    generate(server.grpc_url, input_ids=[4, 5, 6, 7], max_tokens=5, min_tokens=5)
+    after = read()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["llm_generate_prompt_tokens_total"] == 4 and delta["llm_generate_output_tokens_total"] == 5
+    assert delta["llm_generate_time_to_first_token_ms_count"] == 1
+    assert delta["llm_generate_inter_token_latency_ms_count"] == 4  # one per decode step
+
+
 def test_each_step_is_served_by_its_first_fit_profile(server):
     before = step_counts(server)
     generate(server.grpc_url, input_ids=list(range(10, 30)), max_tokens=4, min_tokens=4)  # 20 prompt tokens
