@@ -66,6 +66,26 @@ def code_fingerprint(runtime: str) -> str:
     return sha256_json({f: sha256_file(pkg / f) for f in files})
 
 
+
+def built_already(version_dir: Path, inputs_hash: str) -> dict | None:
+    """The manifest in ``version_dir`` when it was built from exactly these inputs, else None."""
+    try:
+        old = read_manifest(version_dir)
+    except EngineLoadError:
+        return None
+    if old.get("inputs_hash") != inputs_hash:
+        return None
+    print(f"{version_dir.parent.name}: up to date ({version_dir}/manifest.json, inputs {inputs_hash[:12]})")
+    return old
+
+
+def clear_version_dir(version_dir: Path) -> None:
+    """Remove every build output of a model version, keeping its model.py."""
+    for f in version_dir.glob("*"):
+        if f.name != "model.py":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    version_dir.mkdir(parents=True, exist_ok=True)
+
 def write_triton_config(model_dir: Path, profiles: ProfileSet, dtype: torch.dtype, device: torch.device) -> None:
     """config.pbtxt, derived from the profile set and the build's device and dtype."""
     rank = len(profiles.envelope()["input_ids"].min)
@@ -122,21 +142,13 @@ def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, 
 
         inputs["tune_runs"] = tune_runs or DEFAULT_TUNE_RUNS
     inputs_hash = sha256_json(inputs)
-    if not force:
-        try:
-            old = read_manifest(version_dir)
-            if old.get("inputs_hash") == inputs_hash:
-                print(f"{model_dir.name}: up to date ({version_dir}/manifest.json, inputs {inputs_hash[:12]})")
-                write_triton_config(model_dir, profiles, DTYPES[dtype], device_t)
-                return old
-        except EngineLoadError:
-            pass
+    old = None if force else built_already(version_dir, inputs_hash)
+    if old is not None:
+        write_triton_config(model_dir, profiles, DTYPES[dtype], device_t)
+        return old
     print(f"{model_dir.name}: building {runtime} engine, {len(profiles)} profile(s) {list(profiles.names)}, "
           f"model {source}, {dtype} on {device_t}")
-    for f in version_dir.glob("*"):
-        if f.name != "model.py":
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    version_dir.mkdir(parents=True, exist_ok=True)
+    clear_version_dir(version_dir)
 
     with step("load model"):
         hf = models.load_model(source, DTYPES[dtype], device_t)

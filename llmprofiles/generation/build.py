@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from llmprofiles import models
-from llmprofiles.build import DTYPES, MODEL_CONFIG, WEIGHTS, source_fingerprint, step
+from llmprofiles.build import DTYPES, MODEL_CONFIG, WEIGHTS, built_already, clear_version_dir, source_fingerprint, step
 from llmprofiles.generation import tokenizer as tok
 from llmprofiles.generation.forward import ModelShape
-from llmprofiles.manifest import EngineLoadError, read_manifest, sha256_file, sha256_json, write_manifest
+from llmprofiles.manifest import sha256_file, sha256_json, write_manifest
 from llmprofiles.profiles.generation import GenerationSpec, parse_buckets
 from llmprofiles.profiles.sets import generate_spec
 
@@ -93,22 +92,14 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
               "dtype": dtype, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
               "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
     inputs_hash = sha256_json(inputs)
-    if not force:
-        try:
-            old = read_manifest(version_dir)
-            if old.get("inputs_hash") == inputs_hash:
-                print(f"{model_dir.name}: up to date ({version_dir}/manifest.json, inputs {inputs_hash[:12]})")
-                write_triton_config(model_dir, device_t, max_queue)
-                return old
-        except EngineLoadError:
-            pass
+    old = None if force else built_already(version_dir, inputs_hash)
+    if old is not None:
+        write_triton_config(model_dir, device_t, max_queue)
+        return old
     profiles = spec.profiles()
     print(f"{model_dir.name}: building generate engine, {spec.slots} slots x {spec.max_context} context, "
           f"{len(profiles)} step profiles {list(profiles.names)}, model {source}, {dtype} on {device_t}")
-    for f in version_dir.glob("*"):
-        if f.name != "model.py":
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    version_dir.mkdir(parents=True, exist_ok=True)
+    clear_version_dir(version_dir)
     with step("load model"):
         hf = models.load_model(source, DTYPES[dtype], "cpu")
     config = hf.config.to_dict()
