@@ -15,10 +15,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from llmprofiles.serving.health import ProbeError, _probe_llm, probe, verdict
+from llmprofiles.serving.health import ProbeError, _probe_generate, _probe_llm, probe, verdict
 
 # Issue 13: bodies that tritonserver 2.51 itself cannot survive (it aborts, or the stub dies), before the model runs.
 ABORTS_SERVER = b'{"inputs":[{"name":"input_ids","shape":[1,1099511627776],"datatype":"INT64","data":[1]}]}'
@@ -55,6 +56,15 @@ def infer_ok(url: str, model: str = "llm", timeout_s: float = 5.0) -> bool:
     """One seq-1 request; True when it came back with logits."""
     try:
         _probe_llm(url, model, timeout_s)
+        return True
+    except ProbeError:
+        return False
+
+
+def generate_ok(url: str, model: str = "generate", timeout_s: float = 5.0) -> bool:
+    """One 1-token generation (the health probe's request); True when it came back with its token."""
+    try:
+        _probe_generate(url, model, timeout_s)
         return True
     except ProbeError:
         return False
@@ -129,6 +139,15 @@ class Supervised:
                 pass
         if self.proc:
             self._log.close()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The supervisor stopped (SIGSTOP) inside the block: a fault stays in place while it is looked at."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def __enter__(self) -> Supervised:
         try:

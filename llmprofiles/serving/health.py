@@ -8,8 +8,12 @@ probe sends one per model:
 - ``llm``-like models (input ``input_ids``, output ``logits``): ``input_ids``
   ``[[0]]`` (seq 1, the decode profile); the answer must carry ``logits`` of
   shape ``[1, vocab]`` and a ``profile_index``.
-- ``generate`` (a decoupled model): ``POST /v2/models/generate/generate`` with a
-  one-token ``input_ids`` prompt and ``max_tokens`` 1.
+- ``generate``-like models (decoupled, inputs ``input_ids`` and ``max_tokens``):
+  ``POST /v2/models/<m>/generate`` with ``{"input_ids": [1], "max_tokens": 1}``;
+  the answer must carry exactly one token in ``output_ids``. Such a model
+  queues requests while every sequence slot is busy, so a probe with no answer in
+  time is followed by a request it must refuse at once (``max_tokens`` 0): refused
+  means busy (not ready, but alive: no restart), no answer either means hung.
 - any other model: its ``/v2/models/<m>/ready`` (no request format is known).
 
 The model list comes from the server's repository index
@@ -97,10 +101,32 @@ def _probe_llm(url: str, model: str, timeout_s: float) -> None:
         raise ProbeError("answer has no profile_index")
 
 
+GENERATE_PROBE = {"input_ids": [1], "max_tokens": 1}
+GENERATE_REFUSED = {"input_ids": [1], "max_tokens": 0}  # refused in execute(), never queued behind busy slots
+
+
+def _refuses_at_once(url: str, model: str, timeout_s: float) -> bool:
+    """True when ``model`` answers a bad request with its own 400: its scheduler thread runs."""
+    try:
+        http(url, f"/v2/models/{model}/generate", GENERATE_REFUSED, timeout_s)
+    except ProbeError as e:
+        return str(e).startswith("HTTP 400") and "max_tokens 0" in str(e)
+    return False
+
+
 def _probe_generate(url: str, model: str, timeout_s: float) -> None:
-    answer = http(url, f"/v2/models/{model}/generate", {"input_ids": [1], "max_tokens": 1}, timeout_s)
-    if not isinstance(answer, dict) or not answer:
-        raise ProbeError(f"generate answered {_one_line(str(answer))}")
+    try:
+        answer = http(url, f"/v2/models/{model}/generate", GENERATE_PROBE, timeout_s)
+    except ProbeError as e:
+        if e.dead and str(e).startswith("no answer within") and _refuses_at_once(url, model, timeout_s):
+            raise ProbeError(f"busy: {e} to a 1-token request, but bad requests are refused at once "
+                             "(every sequence slot in use and requests queued)", dead=False) from None
+        raise
+    ids = answer.get("output_ids") if isinstance(answer, dict) else None
+    if isinstance(ids, list) and len(ids) == 1:
+        ids = ids[0]
+    if not isinstance(ids, int) or isinstance(ids, bool):  # Triton's /generate sends one element as a scalar
+        raise ProbeError(f"answer has no output_ids of 1 token: {_one_line(str(answer))}")
 
 
 def _probe_ready_only(url: str, model: str, timeout_s: float) -> None:
@@ -117,7 +143,7 @@ def probe_model(url: str, model: str, timeout_s: float = 5.0) -> ModelHealth:
         decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
         if "input_ids" in inputs and "logits" in outputs and not decoupled:
             _probe_llm(url, model, timeout_s)
-        elif decoupled or model == "generate":
+        elif (decoupled and {"input_ids", "max_tokens"} <= inputs) or model == "generate":
             _probe_generate(url, model, timeout_s)
         else:
             _probe_ready_only(url, model, timeout_s)
