@@ -27,6 +27,11 @@ from llmprofiles.serving.llm import BadRequest
 
 class TritonPythonModel:
     def initialize(self, args):
+        if int(np.__version__.split(".")[0]) >= 2:  # refuse to load rather than answer with empty text
+            raise RuntimeError(
+                f"numpy {np.__version__} in the server's Python: the 24.10 Python backend sends BYTES outputs "
+                "(text_output, finish_reason) empty under numpy 2. Install numpy<2 for the server (`make setup` "
+                "does), or put a numpy 1.26 folder first on the server's PYTHONPATH")
         config = json.loads(args["model_config"])
         # pb_utils' error codes exist only once the stub serves (not at import, during auto-complete).
         self.error_codes = {"invalid": pb_utils.TritonError.INVALID_ARG,
