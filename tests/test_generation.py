@@ -339,7 +339,7 @@ def test_batched_detokenizing_gives_each_stream_its_own_text(tokenizer):
 
 # --- request checks ----------------------------------------------------------------------------
 
-LIMITS = Limits(vocab_size=32000, max_context=64, end_id=1)
+LIMITS = Limits(vocab_size=32000, max_context=64)
 
 
 def parse(tokenizer, **inputs):

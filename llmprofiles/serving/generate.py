@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,6 @@ ALIASES = {"max_new_tokens": "max_tokens", "random_seed": "seed"}
 class Limits:
     vocab_size: int
     max_context: int
-    end_id: int
 
     @property
     def max_text_bytes(self) -> int:

@@ -40,7 +40,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.engine = load_generation_engine(version_dir, device)  # EngineLoadError fails the load: `make build`
         self.tokenizer = Tokenizer(version_dir)
-        self.limits = Limits(self.engine.vocab_size, self.engine.spec.max_context, self.engine.shape.eos_token_id)
+        self.limits = Limits(self.engine.vocab_size, self.engine.spec.max_context)
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         max_queue, cancel_check_ms = int(params["max_queue"]), float(params.get("cancel_check_ms", "0"))
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
