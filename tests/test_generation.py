@@ -237,6 +237,24 @@ def test_cancel_frees_the_slot_within_one_step(hf):
     assert [o.finish_reason for o in outs if o.request is other] == ["length"]
 
 
+def test_a_cancelled_waiting_request_leaves_the_queue_and_checks_are_rate_limited(hf):
+    outs = []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append, cancel_check_s=3600)
+    flag = {"cancelled": False}
+    for _ in range(SPEC.slots):
+        sched.submit(GenerateRequest([5], max_tokens=40))
+    waiting = GenerateRequest([5], max_tokens=4, is_cancelled=lambda: flag["cancelled"])
+    sched.submit(waiting)
+    sched.run_once()  # the first check happens now: nothing is cancelled yet
+    flag["cancelled"] = True
+    sched.run_once()
+    assert sched.queued == 1  # not asked again inside cancel_check_s
+    sched.cancel_check_s = 0.0
+    sched.run_once()
+    assert sched.queued == 0
+    assert [o.finish_reason for o in outs if o.request is waiting] == ["cancelled"]
+
+
 def test_queue_bound_refuses_at_once(hf):
     sched = Scheduler(make_engine(hf), _NullTok(), lambda o: None, max_queue=1)
     for _ in range(SPEC.slots + 1):  # the slots, then one waiting

@@ -198,7 +198,10 @@ class Scheduler:
         return did
 
     def _drop_cancelled(self) -> bool:
-        dropped = False
+        now = time.perf_counter()
+        if now - self._last_cancel_check < self.cancel_check_s:
+            return False
+        self._last_cancel_check = now
         with self._lock:
             cancelled = [r for r, _ in self._waiting if r.is_cancelled()]
             if cancelled:
@@ -206,16 +209,10 @@ class Scheduler:
         for request in cancelled:
             self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
                              num_input_tokens=len(request.prompt_ids)))
-            dropped = True
-        now = time.perf_counter()
-        if now - self._last_cancel_check < self.cancel_check_s:
-            return dropped
-        self._last_cancel_check = now
-        for seq in [*self._prefilling, *self._running]:
-            if seq.request.is_cancelled():
-                self._finish(seq, "cancelled")
-                dropped = True
-        return dropped
+        live = [seq for seq in [*self._prefilling, *self._running] if seq.request.is_cancelled()]
+        for seq in live:
+            self._finish(seq, "cancelled")
+        return bool(cancelled or live)
 
     def _admit(self) -> bool:
         admitted = False
