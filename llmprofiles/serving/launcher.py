@@ -214,13 +214,18 @@ class TritonServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) in the foreground.")
+def add_server_args(p: argparse.ArgumentParser, work_dir_help: str) -> None:
+    """The flags every way of starting the server takes: repository, ports, work folder."""
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port on 127.0.0.1")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port on 127.0.0.1")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port on 127.0.0.1")
-    p.add_argument("--work-dir", type=Path, default=Path(".triton"), help="where the backend folder is assembled")
+    p.add_argument("--work-dir", type=Path, default=Path(".triton"), help=work_dir_help)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) in the foreground.")
+    add_server_args(p, work_dir_help="where the backend folder is assembled")
     a = p.parse_args(argv)
     busy = busy_ports({"HTTP": a.http_port, "gRPC": a.grpc_port, "metrics": a.metrics_port})
     if busy:  # tritonserver would load every model first, then exit (or run without metrics) with the reason in its log

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmprofiles.serving.health import DEAD_STUB_MARKERS, ModelHealth, probe
-from llmprofiles.serving.launcher import TritonServer, busy_ports
+from llmprofiles.serving.launcher import TritonServer, add_server_args, busy_ports
 
 log = logging.getLogger("llmprofiles.supervisor")
 
@@ -195,11 +195,7 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run tritonserver in the foreground and restart it when it or a model dies.")
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port on 127.0.0.1")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port on 127.0.0.1")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port on 127.0.0.1")
-    p.add_argument("--work-dir", type=Path, default=Path(".triton"), help="backend folder and the server's log")
+    add_server_args(p, work_dir_help="backend folder and the server's log")
     p.add_argument("--status-file", type=Path, default=None, help="JSON status (default: WORK_DIR/supervisor.json)")
     p.add_argument("--models", default="", help="comma-separated models to probe (default: the repository index)")
     p.add_argument("--probe-interval-s", type=float, default=2.0, help="seconds between health probes")
