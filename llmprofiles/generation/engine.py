@@ -51,6 +51,16 @@ class StepInputs:
     def fill(self, host: StepInputs) -> None:
         self.data.copy_(host.data, non_blocking=True)
 
+    @classmethod
+    def scratch(cls, batch: int, seq: int, device: torch.device, slot: int) -> StepInputs:
+        """Inputs whose every row reads and writes ``slot`` (the scratch slot): for warm-up and capture."""
+        x = cls(batch, seq, device)
+        x.slots.fill_(slot)
+        x.write_slots.fill_(slot)
+        x.positions.copy_(torch.arange(seq))
+        x.write_pos.copy_(torch.arange(seq))
+        return x
+
 
 def kv_buckets(max_context: int, smallest: int = 128) -> tuple[int, ...]:
     """Attention lengths a captured step may read: powers of two from ``smallest``, capped at the context."""
@@ -148,9 +158,11 @@ class GenerationEngine:
             buffers.fill(host)
             graph.replay()
             return out[:n].clone()  # the next replay overwrites out
-        with torch.inference_mode():
+        x = host
+        if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
             x = StepInputs(*self.step_shapes[index], self.device)
             x.fill(host)
+        with torch.inference_mode():
             return self._forward(x, needed)[:n]
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
@@ -159,9 +171,8 @@ class GenerationEngine:
     def _graph(self, index: int, kv_len: int):
         key = (index, kv_len)
         if key not in self.graphs:
-            buffers = StepInputs(*self.step_shapes[index], self.device)
-            buffers.slots.fill_(self.pool.scratch)  # capture on scratch rows: no live slot is touched
-            buffers.write_slots.fill_(self.pool.scratch)
+            # Captured on scratch rows: no live slot is touched.
+            buffers = StepInputs.scratch(*self.step_shapes[index], self.device, self.pool.scratch)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream), torch.inference_mode():
@@ -189,11 +200,7 @@ class GenerationEngine:
                         graph.replay()
                 torch.cuda.synchronize(self.device)
             else:
-                x = StepInputs(batch, seq, self.device)
-                x.slots.fill_(self.pool.scratch)
-                x.write_slots.fill_(self.pool.scratch)
-                x.positions.copy_(torch.arange(seq))
-                x.write_pos.copy_(torch.arange(seq))
+                x = StepInputs.scratch(batch, seq, self.device, self.pool.scratch)
                 with torch.inference_mode():
                     self._forward(x, seq)
             times.append(time.perf_counter() - t0)
