@@ -29,6 +29,7 @@ from llmprofiles.profiles.sets import generate_spec
 RUNTIME = "kv-portable"
 # How often running sequences are asked whether their client cancelled (each ask is a message to the server).
 CANCEL_CHECK_MS = 5
+SEND_THREADS = 4  # threads sending responses off the scheduler thread (llmprofiles.serving.pump)
 CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -68,7 +69,8 @@ output [
 instance_group [ {{ count: 1, kind: {kind} }} ]
 parameters [
   {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }},
-  {{ key: "cancel_check_ms", value: {{ string_value: "{CANCEL_CHECK_MS}" }} }}
+  {{ key: "cancel_check_ms", value: {{ string_value: "{CANCEL_CHECK_MS}" }} }},
+  {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }}
 ]
 """)
 

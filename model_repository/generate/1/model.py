@@ -5,8 +5,8 @@ and the KV-cache engine (``llmprofiles.generation``) are tested without Triton.
 This file adapts Triton's tensors, response senders, errors and metrics.
 
 ``execute`` only checks and queues a request. One scheduler thread runs every
-engine step and sends every response (sending from one thread per request
-crashed tritonserver 2.51 under concurrency).
+engine step; a few sender threads (``send_threads``) send the responses, each
+request's from one thread, coalesced when they pile up (``llmprofiles.serving.pump``).
 """
 
 import json
@@ -23,6 +23,7 @@ from llmprofiles.generation.tokenizer import Tokenizer
 from llmprofiles.serving.generate import (INPUT_NAMES, Limits, MetricsObserver, check_shapes, parse_request,
                                           response_arrays)
 from llmprofiles.serving.llm import BadRequest
+from llmprofiles.serving.pump import ResponsePump
 
 
 class TritonPythonModel:
@@ -44,7 +45,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         max_queue, cancel_check_ms = int(params["max_queue"]), float(params.get("cancel_check_ms", "0"))
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
-        self.scheduler = Scheduler(self.engine, self.tokenizer, self._emit, max_queue, self.observer,
+        self.pump = ResponsePump(self._send, threads=int(params.get("send_threads", "1")))
+        self.scheduler = Scheduler(self.engine, self.tokenizer, self.pump.put, max_queue, self.observer,
                                    cancel_check_s=cancel_check_ms / 1e3)
         self.scheduler.start()
         self._warm_up()
@@ -63,7 +65,7 @@ class TritonPythonModel:
             if not done.wait(600):
                 raise RuntimeError(f"warm-up request of {length} tokens did not finish")
 
-    def _emit(self, out):
+    def _send(self, out):  # a sender thread of the pump
         sink = out.request.sink
         if isinstance(sink, threading.Event):  # a warm-up request
             if out.final:
@@ -101,3 +103,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.scheduler.stop()
+        self.pump.stop()
