@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -414,3 +417,45 @@ class _NullTok:
 
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(0x41 + i % 26) for i in ids)
+
+
+def test_a_started_scheduler_asks_about_cancellation_off_its_thread_and_never_after_the_final(hf):
+    """is_cancelled() is a round trip to the server: the watcher thread asks, the steps only read its mark."""
+    outs, asked, finals = [], [], set()
+
+    def emit(o):
+        outs.append(o)
+        if o.final:
+            finals.add(id(o.request))
+
+    ids = {}
+
+    def asker(name, flag):
+        def ask():
+            asked.append((threading.current_thread().name, name, ids[name] in finals))
+            return flag["cancel"]
+        return ask
+
+    sched = Scheduler(make_engine(hf), _NullTok(), emit, cancel_check_s=0.001)
+    flags = {"long": {"cancel": False}, "short": {"cancel": False}}
+    long = GenerateRequest(prompts(5)[0], max_tokens=400, stream=True, is_cancelled=asker("long", flags["long"]))
+    short = GenerateRequest(prompts(5)[0], max_tokens=4, is_cancelled=asker("short", flags["short"]))
+    long_id, short_id = ids["long"], ids["short"] = id(long), id(short)
+    sched.start()
+    try:
+        sched.submit(long)
+        sched.submit(short)
+        deadline = time.monotonic() + 60
+        while short_id not in finals and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the watcher keeps asking about `long`, and must not ask about `short` again
+        flags["long"]["cancel"] = True
+        while long_id not in finals and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        sched.stop()
+    assert [o.finish_reason for o in outs if o.request is long and o.final] == ["cancelled"]
+    assert [o.finish_reason for o in outs if o.request is short] == ["length"]
+    assert sched.engine.pool.used == 0
+    assert asked and {thread for thread, _, _ in asked} == {"generate-cancel-watch"}
+    assert not [a for a in asked if a[2]], "asked about a request after its final output"

@@ -14,6 +14,11 @@ A request joins the decode batch as soon as its prefill ends and leaves it when
 it finishes; nobody waits for anybody else to finish. When every slot is busy,
 requests wait in a bounded queue; past the bound :meth:`submit` refuses at once.
 Everything a request sees goes through ``emit`` on the scheduler thread.
+
+Asking whether a request was cancelled can cost a round trip to the server
+(Triton's ``is_cancelled``): 64 of them took longer than a decode step on the
+H200. Once :meth:`Scheduler.start` runs the loop, a watcher thread asks every
+``cancel_check_s`` and marks the request; the steps only read the mark.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class GenerateRequest:
     prompt_text: str | None = None
     sink: Any = None
     is_cancelled: Callable[[], bool] = lambda: False
+    # Set by the scheduler: ``cancelled`` once is_cancelled() said so; ``done`` once its final output is
+    # emitted (after that, is_cancelled() is never called: the server may have freed what it asks about).
+    cancelled: bool = False
+    done: bool = False
 
 
 @dataclass
@@ -112,12 +121,16 @@ class Scheduler:
         self._rejects: deque[Output] = deque()
         self._prefilling: deque[Sequence] = deque()
         self._running: list[Sequence] = []
+        self._live: dict[int, GenerateRequest] = {}  # id -> admitted request, for the cancel watcher
         self._stop = False
         self._thread: threading.Thread | None = None
-        # Asking whether a request was cancelled can cost a message to the server per sequence, so
-        # running sequences are asked at most every cancel_check_s (0 = every step).
+        # Asking whether a request was cancelled can cost a message to the server per request, so each is
+        # asked at most every cancel_check_s (0 = every step), by the watcher thread once start() ran.
         self.cancel_check_s = cancel_check_s
         self._last_cancel_check = 0.0
+        self._watcher: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._asking = threading.Lock()  # held around each is_cancelled() and while a request is marked done
 
     # --- called from any thread --------------------------------------------------
 
@@ -148,21 +161,50 @@ class Scheduler:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="generate-scheduler", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="generate-cancel-watch", daemon=True)
         self._thread.start()
+        self._watcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the loop; requests still in flight end with finish reason ``cancelled``."""
         with self._lock:
             self._stop = True
             self._lock.notify()
+        self._stopped.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._watcher:
+            self._watcher.join(timeout)
         for seq in [*self._prefilling, *self._running]:
             self._finish(seq, "cancelled")
         while self._waiting:
             request, _ = self._waiting.popleft()
+            self._retire(request)
             self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
                              num_input_tokens=len(request.prompt_ids)))
+
+    # --- the cancel watcher -----------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(max(self.cancel_check_s, 1e-3)):
+            try:
+                self._ask_cancelled()
+            except Exception:  # a failed question must not end the watching
+                log.exception("asking for cancellations failed")
+
+    def _ask_cancelled(self) -> None:
+        """Mark every waiting or admitted request whose client cancelled it."""
+        with self._lock:
+            requests = [r for r, _ in self._waiting] + list(self._live.values())
+        for r in requests:
+            with self._asking:
+                if not (r.done or r.cancelled) and r.is_cancelled():
+                    r.cancelled = True
+
+    def _retire(self, request: GenerateRequest) -> None:
+        """Before a request's final output: never ask about it again."""
+        with self._asking:
+            request.done = True
 
     # --- the scheduler thread -------------------------------------------------------
 
@@ -179,6 +221,7 @@ class Scheduler:
                 log.exception("generate step failed")
                 for seq in [*self._prefilling, *self._running]:
                     self._drop(seq)
+                    self._retire(seq.request)
                     self.emit(Output(seq.request, [], "", final=True, error=f"internal engine error: {e}"))
 
     def run_once(self) -> bool:
@@ -198,18 +241,20 @@ class Scheduler:
         return did
 
     def _drop_cancelled(self) -> bool:
-        now = time.perf_counter()
-        if now - self._last_cancel_check < self.cancel_check_s:
-            return False
-        self._last_cancel_check = now
+        if self._watcher is None:  # run_once driven directly, with no watcher: ask here, as often as it would
+            now = time.perf_counter()
+            if now - self._last_cancel_check >= self.cancel_check_s:
+                self._last_cancel_check = now
+                self._ask_cancelled()
         with self._lock:
-            cancelled = [r for r, _ in self._waiting if r.is_cancelled()]
+            cancelled = [r for r, _ in self._waiting if r.cancelled]
             if cancelled:
-                self._waiting = deque((r, t) for r, t in self._waiting if r not in cancelled)
+                self._waiting = deque((r, t) for r, t in self._waiting if not r.cancelled)
         for request in cancelled:
+            self._retire(request)
             self.emit(Output(request, [], "", final=True, finish_reason="cancelled",
                              num_input_tokens=len(request.prompt_ids)))
-        live = [seq for seq in [*self._prefilling, *self._running] if seq.request.is_cancelled()]
+        live = [seq for seq in [*self._prefilling, *self._running] if seq.request.cancelled]
         for seq in live:
             self._finish(seq, "cancelled")
         return bool(cancelled or live)
@@ -222,6 +267,7 @@ class Scheduler:
                 seq = Sequence(request, self.engine.pool.alloc(), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                generator_for(request.sampling, self.engine.device), submitted)
                 self._prefilling.append(seq)
+                self._live[id(request)] = request
                 admitted = True
         return admitted
 
@@ -293,9 +339,12 @@ class Scheduler:
             self._running.remove(seq)
         if seq in self._prefilling:
             self._prefilling.remove(seq)
+        with self._lock:
+            self._live.pop(id(seq.request), None)
         self.engine.pool.release(seq.slot)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self._drop(seq)
+        self._retire(seq.request)
         seq.pending_text += seq.detok.flush()
         self._send(seq, final=True, reason=reason)

@@ -8,7 +8,9 @@ server. Input names are the ones TensorRT-LLM, vLLM and genai-perf clients send.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,8 @@ TTFT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 ITL_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 MAX_TEXT_BYTES_PER_POSITION = 64  # a prompt's bytes, checked before tokenizing: no real text needs more
 SHOWN = 64  # characters of a bad value shown back in an error
+
+log = logging.getLogger(__name__)
 
 
 def shown(value: object) -> str:
@@ -219,9 +223,16 @@ def response_arrays(out: Output, flags: dict) -> dict[str, np.ndarray]:
 
 
 class MetricsObserver(Observer):
-    """The scheduler's hooks as Triton metrics, labelled by model (``pb_utils`` is passed in)."""
+    """The scheduler's hooks as Triton metrics, labelled by model (``pb_utils`` is passed in).
 
-    def __init__(self, pb_utils, model: str, profile_names: tuple[str, ...]):
+    Each update of a Triton metric is a round trip to the server, so the scheduler
+    thread only records: counters summed, gauges' last values, histogram samples.
+    :meth:`flush` sends what was recorded. The model flushes before each response
+    (waiting on a final one, so a client that reads the metrics after its last
+    response sees its request counted), and a timer thread every ``flush_s``.
+    """
+
+    def __init__(self, pb_utils, model: str, profile_names: tuple[str, ...], flush_s: float = 0.1):
         F = pb_utils.MetricFamily
         fam = {
             "active": F("llm_generate_active_sequences", "Sequences holding a KV slot", F.GAUGE),
@@ -239,25 +250,66 @@ class MetricsObserver(Observer):
         self.ttft = fam["ttft"].Metric(labels=labels, buckets=list(TTFT_BUCKETS_MS))
         self.itl = fam["itl"].Metric(labels=labels, buckets=list(ITL_BUCKETS_MS))
         self.steps = [fam["steps"].Metric(labels={"model": model, "profile": n}) for n in profile_names]
-        self._last_gauges = (-1, -1)
+        self._lock, self._flushing = threading.Lock(), threading.Lock()
+        self._counts: dict[int, list] = {}  # id(metric) -> [metric, sum]
+        self._gauges: dict[int, tuple] = {}  # id(metric) -> (metric, last value)
+        self._samples: list[tuple] = []  # (histogram, value)
+        self._sent_gauges: dict[int, float] = {}
+        self._stopped = threading.Event()
+        self._timer = threading.Thread(target=self._tick, args=(flush_s,), name="generate-metrics", daemon=True)
+        self._timer.start()
+
+    def _count(self, metric, n: float) -> None:
+        self._counts.setdefault(id(metric), [metric, 0])[1] += n
 
     def step(self, profile_index: int, tokens: int) -> None:
-        self.steps[profile_index].increment(1)
+        with self._lock:
+            self._count(self.steps[profile_index], 1)
 
     def first_token(self, ttft_ms: float, prompt_tokens: int) -> None:
-        self.ttft.observe(ttft_ms)
-        self.prompt.increment(prompt_tokens)
-        self.output.increment(1)
+        with self._lock:
+            self._samples.append((self.ttft, ttft_ms))
+            self._count(self.prompt, prompt_tokens)
+            self._count(self.output, 1)
 
     def tokens(self, itl_ms: list[float]) -> None:
-        # Each update is a message to the server, so a decode step records one inter-token latency (the
-        # median over its sequences: they share the step), not one per sequence.
-        self.itl.observe(sorted(itl_ms)[len(itl_ms) // 2])
-        self.output.increment(len(itl_ms))
+        # The sequences of a decode step share it: one inter-token latency per step (their median).
+        with self._lock:
+            self._samples.append((self.itl, sorted(itl_ms)[len(itl_ms) // 2]))
+            self._count(self.output, len(itl_ms))
 
     def gauges(self, active: int, queued: int) -> None:
-        if (active, queued) != self._last_gauges:  # each update is a message to the server: only on change
-            self.active.set(active)
-            self.queue.set(queued)
-            self._last_gauges = (active, queued)
+        with self._lock:
+            self._gauges[id(self.active)] = (self.active, active)
+            self._gauges[id(self.queue)] = (self.queue, queued)
 
+    def flush(self, wait: bool = True) -> None:
+        """Send what was recorded. ``wait=False`` returns at once when another thread is flushing."""
+        if not self._flushing.acquire(blocking=wait):
+            return
+        try:
+            with self._lock:
+                counts, gauges, samples = self._counts, self._gauges, self._samples
+                self._counts, self._gauges, self._samples = {}, {}, []
+            for metric, n in counts.values():
+                metric.increment(n)
+            for metric, value in samples:
+                metric.observe(value)
+            for key, (metric, value) in gauges.items():
+                if self._sent_gauges.get(key) != value:  # only on change
+                    metric.set(value)
+                    self._sent_gauges[key] = value
+        finally:
+            self._flushing.release()
+
+    def _tick(self, flush_s: float) -> None:
+        while not self._stopped.wait(flush_s):
+            try:
+                self.flush()
+            except Exception:  # a failed update must not end the timer; the next flush retries nothing lost
+                log.exception("flushing generate metrics failed")
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._timer.join(5)
+        self.flush()

@@ -56,8 +56,11 @@ def server_env() -> dict[str, str]:
     env = dict(os.environ)
     libs = [str(pytriton_root().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")])
-    # The stub imports packages from the interpreter found first on PATH.
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # The stub imports packages from the interpreter found first on PATH; it ignores PYTHONPATH (seen on the
+    # H200 machine: sys.path held '', the stdlib and that interpreter's site-packages). STUB_PYTHON names
+    # another interpreter, e.g. a venv whose numpy < 2 shadows the serving venv's (see bench/gpu_wheels.sh).
+    stub_python = Path(os.environ.get("STUB_PYTHON") or sys.executable)
+    env["PATH"] = f"{stub_python.parent}:{env.get('PATH', '')}"
     return env
 
 

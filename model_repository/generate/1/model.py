@@ -10,6 +10,7 @@ request's from one thread, coalesced when they pile up (``llmprofiles.serving.pu
 """
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class TritonPythonModel:
     def initialize(self, args):
         if int(np.__version__.split(".")[0]) >= 2:  # refuse to load rather than answer with empty text
             raise RuntimeError(
-                f"numpy {np.__version__} in the server's Python: the 24.10 Python backend sends BYTES outputs "
+                f"numpy {np.__version__} in the server's Python (from {Path(np.__file__).parent}; "
+                f"sys.path starts {sys.path[:4]}): the 24.10 Python backend sends BYTES outputs "
                 "(text_output, finish_reason) empty under numpy 2. Install numpy<2 for the server (`make setup` "
                 "does), or put a numpy 1.26 folder first on the server's PYTHONPATH")
         config = json.loads(args["model_config"])
@@ -71,6 +73,7 @@ class TritonPythonModel:
             if out.final:
                 sink.set()
             return
+        self.observer.flush(wait=out.final)  # a client reading metrics after its last response sees its request
         sender, flags = sink
         if out.error is not None:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
@@ -104,3 +107,4 @@ class TritonPythonModel:
     def finalize(self):
         self.scheduler.stop()
         self.pump.stop()
+        self.observer.close()

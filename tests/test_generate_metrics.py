@@ -1,0 +1,88 @@
+"""The generate model's metrics: the scheduler thread only records; flush() sends one update per metric changed."""
+
+import time
+from types import SimpleNamespace
+
+from llmprofiles.serving.generate import MetricsObserver
+
+
+class FakeMetric:
+    def __init__(self, log, name, labels):
+        self.log, self.name = log, f"{name}{sorted(labels.items())}"
+
+    def increment(self, n):
+        self.log.append((self.name, "increment", n))
+
+    def observe(self, v):
+        self.log.append((self.name, "observe", v))
+
+    def set(self, v):
+        self.log.append((self.name, "set", v))
+
+
+def fake_pb_utils(log):
+    class Family:
+        GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
+
+        def __init__(self, name, description, kind):
+            self.name = name
+
+        def Metric(self, labels, buckets=None):  # noqa: N802 (pb_utils' name)
+            return FakeMetric(log, self.name, labels)
+
+    return SimpleNamespace(MetricFamily=Family)
+
+
+def observer(log, flush_s=3600.0):
+    return MetricsObserver(fake_pb_utils(log), "generate", ("decode_b1", "prefill_16"), flush_s=flush_s)
+
+
+def test_recording_sends_nothing_and_a_flush_sends_one_update_per_metric():
+    log = []
+    m = observer(log)
+    for _ in range(3):
+        m.step(0, 1)
+    m.first_token(12.0, 7)
+    m.tokens([2.0, 4.0, 3.0])
+    m.tokens([5.0])
+    m.gauges(2, 1)
+    m.gauges(3, 0)
+    assert log == []
+    m.flush()
+    steps = "llm_generate_steps_total[('model', 'generate'), ('profile', 'decode_b1')]"
+    output = "llm_generate_output_tokens_total[('model', 'generate')]"
+    assert (steps, "increment", 3) in log and (output, "increment", 1 + 3 + 1) in log
+    assert [e for e in log if e[1] == "observe"] == [
+        ("llm_generate_time_to_first_token_ms[('model', 'generate')]", "observe", 12.0),
+        ("llm_generate_inter_token_latency_ms[('model', 'generate')]", "observe", 3.0),
+        ("llm_generate_inter_token_latency_ms[('model', 'generate')]", "observe", 5.0)]
+    assert [e for e in log if e[1] == "set"] == [("llm_generate_active_sequences[('model', 'generate')]", "set", 3),
+                                                 ("llm_generate_queue_size[('model', 'generate')]", "set", 0)]
+    log.clear()
+    m.gauges(3, 0)  # unchanged: nothing to send
+    m.flush()
+    assert log == []
+    m.close()
+
+
+def test_the_timer_flushes_what_the_scheduler_recorded():
+    log = []
+    m = observer(log, flush_s=0.01)
+    m.step(1, 16)
+    deadline = time.monotonic() + 5
+    while not log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    m.close()
+    assert log == [("llm_generate_steps_total[('model', 'generate'), ('profile', 'prefill_16')]", "increment", 1)]
+
+
+def test_a_flush_that_need_not_wait_returns_while_another_thread_flushes():
+    log = []
+    m = observer(log)
+    m.step(0, 1)
+    with m._flushing:  # another sender thread is in the middle of a flush
+        m.flush(wait=False)
+        assert log == []
+    m.flush(wait=False)
+    assert len(log) == 1
+    m.close()
