@@ -470,7 +470,7 @@ class GrpcStream:
 @contextlib.contextmanager
 def serving(a, vocab: int):
     """tritonserver over a repository holding only ``generate`` (a link to the build)."""
-    from llmprofiles.serving.launcher import TritonServer
+    from llmprofiles.serving.launcher import TritonServer, overlay_python
 
     tmp = WORK
     tmp.mkdir(parents=True, exist_ok=True)
@@ -480,16 +480,18 @@ def serving(a, vocab: int):
                           log_path=tmp / "server.log", ready_timeout_s=900)
     # The server's Python must have numpy < 2 (BYTES outputs): a numpy-1.26 folder first on its PYTHONPATH.
     # TritonServer reads os.environ when it starts, so set it only around the start; this process keeps its own.
-    old = os.environ.get("PYTHONPATH")
+    # The stub ignores PYTHONPATH: it imports from the Python named by STUB_PYTHON (else this one), so a
+    # numpy-1 folder goes first in a venv made over this interpreter's packages.
+    old = os.environ.get("STUB_PYTHON")
     if a.server_pythonpath:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(a.server_pythonpath.resolve()), *([old] if old else [])])
+        os.environ["STUB_PYTHON"] = str(overlay_python(tmp / "stub-venv", [a.server_pythonpath]))
     try:
         server.start()
     finally:
         if old is None:
-            os.environ.pop("PYTHONPATH", None)
+            os.environ.pop("STUB_PYTHON", None)
         else:
-            os.environ["PYTHONPATH"] = old
+            os.environ["STUB_PYTHON"] = old
     try:
         print(f"tritonserver ready in {server.startup_s:.1f} s (log {server.log_path})", flush=True)
         yield server
@@ -941,7 +943,7 @@ def report(state: dict) -> str:
              "(min_tokens = max_tokens)",
              "- commands, by phase:", *(f"  - {p}: {how_run(state, p)}" for p in state.get("commands", {})), ""]
     if state.get("server_pythonpath"):
-        lines.insert(4, f"- server PYTHONPATH led by `{state['server_pythonpath']}` (numpy < 2 for BYTES outputs)")
+        lines.insert(4, f"- the server's backend stub imports `{state['server_pythonpath']}` first (numpy < 2 for BYTES outputs), through a venv over the serving Python (STUB_PYTHON)")
     if state.get("notes"):
         lines += ["## Notes on this run", "", *(f"- {n}" for n in state["notes"]), ""]
     for phase, error in state.get("errors", {}).items():
@@ -1140,7 +1142,8 @@ def main(argv: list[str] | None = None) -> None:
     tri.add_argument("--load-seconds", type=float, help="length of the load run (full: 300)")
     tri.add_argument("--load-concurrency", type=int, help="streams in the load run (full: 64)")
     tri.add_argument("--server-pythonpath", type=Path,
-                     help="a folder put first on the server's PYTHONPATH only (numpy < 2 for BYTES outputs)")
+                     help="a folder the server's backend stub imports first (numpy < 2 for BYTES outputs), through a venv "
+                          "over this Python (the stub ignores PYTHONPATH)")
     tri.add_argument("--port-base", type=int, default=18700, help="HTTP port; gRPC and metrics take the next two")
     anc = p.add_argument_group("anchor phase")
     anc.add_argument("--anchor-batches", type=ints, help="HF generate batch sizes (full: 1,16,64)")

@@ -10,6 +10,9 @@
 #       .whl3/tritonclient*.whl .whl3/python_rapidjson*.whl .whl3/protobuf*.whl
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/np1 .whl3/numpy*.whl
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH     # the bench takes --server-pythonpath /tmp/np1
+# The backend stub ignores PYTHONPATH (seen there: numpy 2.5.2 with /tmp/np1 first on it). --server-pythonpath
+# makes a venv whose .pth puts /tmp/np1 before the serving Python's packages and starts the server with
+# STUB_PYTHON pointing at it (llmprofiles.serving.launcher.overlay_python).
 set -euo pipefail
 out=${1:-.whl3}
 mkdir -p "$out"

@@ -46,3 +46,15 @@ def test_foreground_server_serves_on_the_given_ports(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_overlay_python_imports_the_given_folder_first_and_this_pythons_packages_after(tmp_path):
+    from llmprofiles.serving.launcher import overlay_python
+
+    first = tmp_path / "first"
+    (first / "numpy").mkdir(parents=True)  # a stand-in numpy that shadows the real one
+    (first / "numpy" / "__init__.py").write_text("__version__ = '1.0-overlay'\n")
+    python = overlay_python(tmp_path / "venv", [first])
+    out = subprocess.run([str(python), "-c", "import numpy, tokenizers; print(numpy.__version__, tokenizers.__name__)"],
+                         capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out == ["1.0-overlay", "tokenizers"]

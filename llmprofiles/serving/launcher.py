@@ -52,6 +52,24 @@ def backend_dir(dest: Path) -> Path:
     return dest
 
 
+def overlay_python(dest: Path, first: list[Path]) -> Path:
+    """A venv at ``dest`` whose Python imports from ``first`` before this interpreter's packages.
+
+    For the backend stub, which ignores PYTHONPATH: when the serving Python has
+    numpy 2, ``first=[a folder holding numpy<2]`` gives the stub numpy 1 and
+    everything else (torch, this package) from here. Run the server with
+    ``STUB_PYTHON=<the returned path>``.
+    """
+    dest = Path(dest).resolve()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(dest)], check=True)
+    site = Path(subprocess.run([str(dest / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    here = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
+    # .pth lines join sys.path in order, after the venv's own (empty) site-packages.
+    (site / "overlay.pth").write_text("".join(f"{Path(p).resolve()}\n" for p in [*first, *here]))
+    return dest / "bin" / "python"
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     libs = [str(pytriton_root().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
