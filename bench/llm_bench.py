@@ -306,7 +306,10 @@ def perf_analyzer_command(binary: str, model: str, url: str, seq: int, concurren
                           csv_path: Path) -> list[str]:
     return [binary, "-m", model, "-i", "grpc", "-u", url, "--shape", f"input_ids:1,{seq}",
             "--shape", f"position_ids:1,{seq}", "--input-data", "zero", "--concurrency-range", str(concurrency),
-            "--measurement-interval", str(interval_ms), "--max-trials", "6", "-f", str(csv_path)]
+            "--measurement-interval", str(interval_ms), "--max-trials", "6", "-f", str(csv_path),
+            # Prefill through Triton varies more than perf_analyzer's default 10% between windows (on the H200
+            # it gave up on llm prefill 128): take the windows as they come; p50 and p99 show the spread.
+            "--stability-percentage", "999"]
 
 
 def parse_perf_csv(text: str) -> dict:
@@ -410,7 +413,7 @@ def environment() -> dict:
     driver = None
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip() or None
+                                capture_output=True, text=True).stdout.strip().splitlines()[0] or None  # one line per GPU
     except OSError:
         pass
     import transformers
