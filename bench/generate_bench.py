@@ -1088,7 +1088,9 @@ def write_report(state: dict, out_dir: Path) -> Path:
 def state_path(a) -> Path:
     if a.state:
         return a.state
-    return a.out_dir / f"{datetime.date.today().isoformat()}-{slug(gpu_name(a.device))}-generate-state.json"
+    # In bench/tmp (git-ignored), not beside the results: each device call copies the tracked tree over
+    # the machine's, so a state file under bench/results would be reset between the phases' calls.
+    return Path("bench/tmp") / f"{datetime.date.today().isoformat()}-{slug(gpu_name(a.device))}-generate-state.json"
 
 
 def resolve(a) -> None:
@@ -1121,8 +1123,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small counts for a CPU smoke run (explicit flags win)")
     p.add_argument("--repo", type=Path, default=Path("model_repository"), help="the repository holding generate/")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where results and state go")
-    p.add_argument("--state", type=Path, help="state file (default <out-dir>/<date>-<gpu>-generate-state.json)")
+    p.add_argument("--state", type=Path, help="state file (default bench/tmp/<date>-<gpu>-generate-state.json)")
     p.add_argument("--note", action="append", default=[], help="a remark kept in the report (repeatable)")
+    p.add_argument("--merge", action="append", default=[], type=Path,
+                   help="another state file whose phases join this one's (a phase run with its own --state)")
     eng = p.add_argument_group("engine phase")
     eng.add_argument("--decode-iters", type=int, help="timed decode steps per bucket (full: 200)")
     eng.add_argument("--decode-warmup", type=int, help="untimed steps per bucket before timing (full: 20)")
@@ -1172,6 +1176,13 @@ def main(argv: list[str] | None = None) -> None:
         if a.server_pythonpath:
             state["server_pythonpath"] = str(a.server_pythonpath)
     state["notes"] = state.get("notes", []) + [n for n in a.note if n not in state.get("notes", [])]
+    for other in a.merge:  # phases run in parallel elsewhere (another GPU of the host) with their own state
+        done = json.loads(other.read_text())
+        for key in (*PHASES, "phase_wall_s"):
+            if key in done and key != "phase_wall_s":
+                state[key] = done[key]
+        for key in ("commands", "make", "phase_wall_s"):
+            state.setdefault(key, {}).update({k: v for k, v in done.get(key, {}).items() if k in PHASES})
     path.write_text(json.dumps(state))
     error = None
     if a.phase in PHASES:

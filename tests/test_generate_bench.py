@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -221,3 +222,18 @@ def test_quick_settings_yield_to_explicit_flags():
     with pytest.raises(SystemExit, match="the longer first"):
         resolve(c)
 
+
+
+def test_report_merges_a_phase_run_with_its_own_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main_state, anchor_state = tmp_path / "main.json", tmp_path / "anchor.json"
+    base = met_state()
+    anchor = base.pop("anchor")
+    main_state.write_text(json.dumps(base))
+    anchor_state.write_text(json.dumps({"env": base["env"], "anchor": anchor, "commands": {"anchor": "python -m x"}}))
+    from bench import generate_bench
+
+    generate_bench.main(["--phase", "report", "--state", str(main_state), "--merge", str(anchor_state),
+                         "--out-dir", str(tmp_path / "out")])
+    merged = json.loads(main_state.read_text())
+    assert merged["anchor"] == anchor and merged["commands"]["anchor"] == "python -m x"
