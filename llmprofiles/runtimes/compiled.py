@@ -28,7 +28,7 @@ import torch
 from llmprofiles import models
 from llmprofiles.engine import Engine
 from llmprofiles.manifest import EngineLoadError, profiles_of
-from llmprofiles.profiles.spec import ProfileSet
+from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 from llmprofiles.runtimes import fusion
 from llmprofiles.runtimes.weights import load_weights
 
@@ -123,6 +123,19 @@ def compile_static(wrapper: torch.nn.Module) -> Callable:
     return torch.compile(wrapper, dynamic=False, fullgraph=True, options={**STATIC_OPTIONS, **fusion.compile_options()})
 
 
+# Inductor counters that tell whether a profile's compile reused cached work: an FX graph
+# cache hit reuses the graph's kernels and compile-time choices (matmul templates); launch
+# configs tuned at run time (coordinate descent) are reused when no coordesc benchmark ran.
+COMPILE_COUNTERS = ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass",
+                    "select_algorithm_autotune", "coordesc_tuning_bench")
+
+
+def compile_counts() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {k: counters["inductor"][k] for k in COMPILE_COUNTERS}
+
+
 class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
@@ -136,9 +149,10 @@ class CompiledEngine(Engine):
         prepare(wrapper)
         self.wrapper = wrapper
         self.runners = []
+        self.compile_counts = []  # per profile: COMPILE_COUNTERS over its compile and warm-up
         for i, name in enumerate(profiles.names):
             r = profiles.ranges(i)["input_ids"]
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), compile_counts()
             if r.is_static:
                 fn = compile_static(wrapper)
                 runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
@@ -155,6 +169,7 @@ class CompiledEngine(Engine):
                     ids = torch.zeros(shape, dtype=torch.int64)
                     self.run(i, ids, models.default_position_ids(ids))
             self.check_warm(i)
+            self.compile_counts.append({k: v - before[k] for k, v in compile_counts().items()})
             log.info("profile %d %r ready in %.1f s (%s)", i, name, time.perf_counter() - t0,
                      "static, CUDA graph" if isinstance(runner, StaticGraphRunner) and runner.graph else "compiled")
 
@@ -295,26 +310,51 @@ def clear_recorded_artifacts() -> None:
     CacheArtifactManager.clear()
 
 
+def static_profile(shape: tuple[int, ...]) -> ProfileSet:
+    """A profile set of one static profile at ``shape``, for both inputs."""
+    r = ShapeRange(min=tuple(shape), opt=tuple(shape), max=tuple(shape))
+    return ProfileSet(names=("static",), inputs=(InputSpec("input_ids", profiles=(r,)),
+                                                 InputSpec("position_ids", profiles=(r,))))
+
+
+def artifact_counts(saved: bytes | None) -> dict[str, int]:
+    """How many cache artifacts of each kind (inductor, aot_autograd, autotune, ...) ``saved`` holds."""
+    if saved is None:
+        return {}
+    from torch.compiler._cache import CacheArtifactManager
+
+    try:
+        found = CacheArtifactManager.deserialize(saved) or {}
+    except Exception as e:  # a private API: a record, not a reason to fail the build
+        return {"unreadable": 1, "error": cut(f"{type(e).__name__}: {e}")}
+    return {kind: len(items) for kind, items in found.items()}
+
+
 def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
                         runs: int) -> tuple[bytes | None, dict]:
     """Compile one static profile ``runs`` times from empty caches; the fastest replay wins.
 
-    Returns the winner's cache artifacts (its chosen kernels and launch configs) and
-    the tuning record. Loading those artifacts before the engine is compiled makes
-    its compile a cache hit on exactly those kernels.
+    Each attempt compiles through :class:`CompiledEngine` (one static profile at
+    ``shape``), so it makes exactly the compile calls the built engine makes. Returns
+    the winner's cache artifacts (its chosen kernels and launch configs) and the tuning
+    record, with ``artifacts``: the kinds the winner's artifacts hold. Loading those
+    artifacts before the engine is compiled makes its compile a cache hit on exactly
+    those kernels.
     """
     def attempt(k: int) -> tuple[float, bytes | None]:
         torch._dynamo.reset()  # Dynamo would otherwise reuse the previous attempt's graph
         clear_recorded_artifacts()
         with fresh_compile_cache():
-            runner = StaticGraphRunner(compile_static(wrapper), shape, device)
-            ms = replay_ms(runner)
+            engine = CompiledEngine(wrapper, static_profile(shape), device)
+            ms = replay_ms(engine.runners[0])
             saved = torch.compiler.save_cache_artifacts()
-            del runner
-        torch.cuda.empty_cache()
+            del engine
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return ms, None if saved is None else saved[0]
 
     artifacts, record = pick_fastest(attempt, runs)
+    record["artifacts"] = artifact_counts(artifacts)
     torch._dynamo.reset()
     clear_recorded_artifacts()
     return artifacts, record
@@ -327,6 +367,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     ``decode_tuning`` maps each static profile to its attempts' replay times, the winner,
     and ``final_ms``, the replay of the engine compiled after loading the winner's
     artifacts: it should equal ``winner_ms`` within noise, or the winner was not reused.
+    ``final_compile`` has that profile's COMPILE_COUNTERS in the engine: a pure reuse is
+    one fxgraph_cache_hit and nothing else (no miss, no bypass, no autotune benchmark).
     """
     if ctx.device.type != "cuda":
         return [], {}
@@ -352,6 +394,13 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
         engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
         for i, name in enumerate(ctx.profiles.names):
             if name in tuning:
+                counts = getattr(engine, "compile_counts", None)
+                if counts is not None:
+                    tuning[name]["final_compile"] = counts[i]
+                    redone = {k: v for k, v in counts[i].items() if v and k != "fxgraph_cache_hit"}
+                    if redone or not counts[i]["fxgraph_cache_hit"]:
+                        log.warning("profile %r: the engine's compile did not only reuse the kept attempt's "
+                                    "artifacts: %s", name, counts[i])
                 tuning[name]["final_ms"] = final = replay_ms(engine.runners[i])
                 if abs(final - tuning[name]["winner_ms"]) > 0.05 * tuning[name]["winner_ms"]:
                     log.warning("profile %r: the built engine replays in %.4f ms, the kept attempt in %.4f ms: "
