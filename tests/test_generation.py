@@ -459,3 +459,46 @@ def test_a_started_scheduler_asks_about_cancellation_off_its_thread_and_never_af
     assert sched.engine.pool.used == 0
     assert asked and {thread for thread, _, _ in asked} == {"generate-cancel-watch"}
     assert not [a for a in asked if a[2]], "asked about a request after its final output"
+
+
+def reference_inputs(engine, index, rows, slots, starts) -> dict:
+    """The step's padded inputs, written out the plain way: what the engine's numpy filling must equal."""
+    batch, seq = engine.step_shapes[index]
+    scratch, ctx = engine.pool.scratch, engine.spec.max_context
+    out = {"tokens": torch.zeros(batch, seq, dtype=torch.int64), "positions": torch.arange(seq).repeat(batch, 1),
+           "slots": torch.full((batch,), scratch), "last": torch.zeros(batch, dtype=torch.int64)}
+    out["write_slots"] = torch.full((batch, seq), scratch)
+    for i, (row, slot, start) in enumerate(zip(rows, slots, starts)):
+        out["tokens"][i, :len(row)] = torch.tensor(row)
+        out["positions"][i] += start
+        out["slots"][i], out["last"][i] = slot, len(row) - 1
+        out["write_slots"][i, :len(row)] = slot
+    out["write_pos"] = torch.where(out["write_slots"] == scratch, out["positions"].clamp(max=ctx - 1), out["positions"])
+    return out
+
+
+@pytest.mark.parametrize("rows, slots, starts", [
+    ([[5]], [1], [0]),                                # decode, bucket 1 full
+    ([[7]], [2], [40]),                               # decode of one row: decode_b1
+    ([[7], [9]], [2, 0], [40, 95]),                   # decode, bucket 2 full, the last position of the context
+    ([list(range(3, 8))], [0], [11]),                 # a prompt chunk of 5 padded to prefill_8
+    ([list(range(3, 19))], [1], [80]),                # a chunk of 16: padding writes clamp inside the pool
+])
+def test_step_inputs_are_the_padded_rows_and_padding_writes_the_scratch_slot(hf, rows, slots, starts):
+    engine = make_engine(hf)
+    index = engine.select(len(rows), max(len(r) for r in rows))
+    engine._host_inputs(index, [[1] * len(r) for r in rows], [2] * len(rows), [3] * len(rows))  # stale values first
+    x = engine._host_inputs(index, rows, slots, starts)
+    want = reference_inputs(engine, index, rows, slots, starts)
+    for name, value in want.items():
+        assert torch.equal(getattr(x, name), value), name
+
+
+def test_bad_step_inputs_name_the_value_and_the_range(hf):
+    engine = make_engine(hf)
+    with pytest.raises(SelectionError, match=r"slot 3 is out of range \[0, 2\]"):
+        engine.decode([0, 3], [5, 5], [1, 1])
+    with pytest.raises(SelectionError, match=r"positions 96..96 exceed the context \[0, 95\]"):
+        engine.decode([0], [5], [96])
+    with pytest.raises(SelectionError, match=r"token id 32000 is out of range \[0, 31999\]"):
+        engine.decode([0, 1], [5, 32000], [1, 1])
