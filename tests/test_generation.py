@@ -502,3 +502,45 @@ def test_bad_step_inputs_name_the_value_and_the_range(hf):
         engine.decode([0], [5], [96])
     with pytest.raises(SelectionError, match=r"token id 32000 is out of range \[0, 31999\]"):
         engine.decode([0, 1], [5, 32000], [1, 1])
+
+
+def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_last_one(hf):
+    """Step N+1 is launched from step N's tokens on the device; step N's tokens reach the host after."""
+    engine = make_engine(hf)
+    calls, outs = [], []
+    real_decode = engine.decode
+
+    def decode(slots, tokens, positions):
+        calls.append((isinstance(tokens, torch.Tensor), sum(len(o.ids) for o in outs)))
+        return real_decode(slots, tokens, positions)
+
+    engine.decode = decode
+    sched = Scheduler(engine, _NullTok(), outs.append)
+    p = prompts(6)[0]
+    sched.submit(GenerateRequest(p, max_tokens=6, min_tokens=6, stream=True))
+    run(sched)
+    # The prefill's token is taken at once; decode k (k = 0..4) is launched when k tokens of it were taken
+    # before: the first from the host, every later one from the device.
+    assert calls == [(False, 1), (True, 1), (True, 2), (True, 3), (True, 4)]
+    assert sum(len(o.ids) for o in outs) == 6 and outs[-1].finish_reason == "length"
+    assert engine.pool.used == 0
+
+
+def test_a_sequence_that_stops_mid_batch_drops_its_launched_token_and_the_others_go_on(hf, reference):
+    """The end token is seen one step late: the step already launched for it is dropped, its slot reused."""
+    p, q = prompts(6, 9)
+    tokens_p, tokens_q = reference(p, 10), reference(q, 10)
+    end = tokens_p[3]
+    outs = []
+    two_slots = GenerationSpec(slots=2, max_context=96, decode_buckets=(1, 2), prefill_buckets=(8, 16))
+    sched = Scheduler(make_engine(hf, two_slots), _NullTok(), outs.append)
+    stopping = GenerateRequest(p, max_tokens=10, end_id=end)
+    going = GenerateRequest(q, max_tokens=10, end_id=-1)
+    after = GenerateRequest(q, max_tokens=10, end_id=-1)  # takes the freed slot while `going` still runs
+    for r in (stopping, going, after):
+        sched.submit(r)
+    run(sched)
+    final = {id(o.request): o for o in outs if o.final}
+    assert final[id(stopping)].finish_reason == "stop" and final[id(stopping)].ids == tokens_p[:tokens_p.index(end)]
+    assert final[id(going)].ids == tokens_q and final[id(after)].ids == tokens_q
+    assert sched.engine.pool.used == 0

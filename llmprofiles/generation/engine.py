@@ -102,6 +102,7 @@ class GenerationEngine:
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, StepInputs, torch.Tensor]] = {}
         self.graph_pool = None
         self._selected: dict[tuple[int, int], int] = {}
+        self._copied: dict[int, torch.cuda.Event] = {}  # profile -> the copy out of its pinned host buffer
 
     # --- profile choice --------------------------------------------------------
 
@@ -122,9 +123,15 @@ class GenerationEngine:
         index = self.select(1, len(tokens))
         return self._run(index, [tokens], [slot], [start]), index
 
-    def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> tuple[torch.Tensor, int]:
-        """One token for each of ``slots`` at its position; logits ``[len(slots), vocab]`` and the profile used."""
+    def decode(self, slots: list[int], tokens: list[int] | torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, int]:
+        """One token for each of ``slots`` at its position; logits ``[len(slots), vocab]`` and the profile used.
+
+        ``tokens`` may be an int64 tensor on the engine's device (the sampler's output of the previous
+        step): it is copied into the step's inputs on the device, and nothing waits for its values.
+        """
         index = self.select(len(slots), 1)
+        if isinstance(tokens, torch.Tensor):
+            return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens), index
         return self._run(index, [[t] for t in tokens], slots, positions), index
 
     def _check(self, rows: list[list[int]], slots: list[int], starts: list[int]) -> None:
@@ -149,6 +156,8 @@ class GenerationEngine:
         """
         batch, seq = self.step_shapes[index]
         scratch, ctx, n = self.pool.scratch, self.spec.max_context, len(rows)
+        if index in self._copied:  # the last copy out of this buffer must be done before it is rewritten
+            self._copied.pop(index).synchronize()
         x = self.host[index]
         a = x.np
         tokens, positions = a["tokens"], a["positions"]
@@ -172,7 +181,9 @@ class GenerationEngine:
         np.copyto(a["write_pos"], np.where(write_slots == scratch, np.minimum(positions, ctx - 1), positions))
         return x
 
-    def _run(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int]) -> torch.Tensor:
+    def _run(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int],
+             device_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """One step; ``device_tokens`` (one per row, decode only) replace the rows' tokens on the device."""
         self._check(rows, slots, starts)
         host = self._host_inputs(index, rows, slots, starts)
         n = len(rows)
@@ -181,12 +192,18 @@ class GenerationEngine:
             kv_len = next(k for k in self.kv_lengths if k >= needed)
             graph, buffers, out = self._graph(index, kv_len)
             buffers.fill(host)
+            self._copied[index] = torch.cuda.Event()
+            self._copied[index].record()
+            if device_tokens is not None:
+                buffers.tokens[:n, 0].copy_(device_tokens, non_blocking=True)
             graph.replay()
             return out[:n].clone()  # the next replay overwrites out
         x = host
         if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
             x = StepInputs(*self.step_shapes[index], self.device)
             x.fill(host)
+        if device_tokens is not None:
+            x.tokens[:n, 0] = device_tokens
         with torch.inference_mode():
             return self._forward(x, needed)[:n]
 

@@ -43,6 +43,12 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            banned: list[int | None]) -> list[int]:
     """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens)."""
+    return sample_tensor(logits, params, generators, banned).tolist()
+
+
+def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                  banned: list[int | None]) -> torch.Tensor:
+    """:func:`sample` left on the logits' device (int64 ``[rows]``): on a GPU, nothing waits for it."""
     logits = logits.to(torch.float32, copy=True)  # banned tokens are written in place
     rows = [i for i, token in enumerate(banned) if token is not None]
     if rows:  # one write for the batch: a write per row costs a kernel launch per row on the GPU
@@ -54,7 +60,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
             continue
         row = filter_logits(logits[i] / p.temperature, p.top_k, p.top_p)
         out[i] = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i])[0]
-    return out.tolist()
+    return out
 
 
 def generator_for(params: SamplingParams, device: torch.device) -> torch.Generator | None:

@@ -7,8 +7,16 @@ iteration of :meth:`Scheduler.run_once`:
 2. admits waiting requests into free slots;
 3. prefills one chunk of one admitted prompt (the largest prefill bucket at
    most), so long prompts never stall the running batch for long;
-4. runs one decode step for every running sequence (in groups of the largest
-   decode bucket), samples, and emits the new tokens.
+4. launches one decode step for every running sequence (in groups of the
+   largest decode bucket) and samples on the device, then takes the tokens of
+   the step launched one iteration earlier and detokenizes and emits them.
+
+Decode is overlapped: a step's input tokens are the previous step's sampled
+tokens, still on the device, so on a GPU the host work of step N (reading its
+tokens back, detokenizing, sending) runs while step N+1 computes. A sequence
+that ended at step N (its end token is only seen then) was launched into step
+N+1 too; that token is dropped, and its slot freed. Steps are ordered on the
+device, so whoever takes the slot next writes it after.
 
 A request joins the decode batch as soon as its prefill ends and leaves it when
 it finishes; nobody waits for anybody else to finish. When every slot is busy,
@@ -34,7 +42,7 @@ from typing import Any
 import torch
 
 from llmprofiles.generation.detokenizer import IncrementalDetokenizer, add_each
-from llmprofiles.generation.sampler import SamplingParams, generator_for, sample
+from llmprofiles.generation.sampler import SamplingParams, generator_for, sample, sample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +100,37 @@ class Sequence:
     output_tokens: int = 0  # generated tokens that are part of the output (an end token is not)
     prompt_sent: bool = False
     last_token_at: float = 0.0
+    in_flight: int = 0  # tokens sampled on the device and not yet taken (launched steps)
 
     @property
     def length(self) -> int:
         return len(self.request.prompt_ids) + len(self.generated)
+
+
+@dataclass
+class Flight:
+    """A launched decode step: its rows, their sampled tokens on the device, and a host copy on the way."""
+
+    group: list[Sequence]
+    tokens: torch.Tensor
+    host: torch.Tensor | None = None  # pinned copy of ``tokens`` (GPU); None on CPU
+    ready: Any = None  # CUDA event after the copy
+
+    @classmethod
+    def launch(cls, group: list[Sequence], tokens: torch.Tensor) -> Flight:
+        if tokens.device.type != "cuda":
+            return cls(group, tokens)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(group, tokens, host, ready)
+
+    def values(self) -> list[int]:
+        if self.ready is None:
+            return self.tokens.tolist()
+        self.ready.synchronize()
+        return self.host.tolist()
 
 
 class Observer:
@@ -121,6 +156,7 @@ class Scheduler:
         self._rejects: deque[Output] = deque()
         self._prefilling: deque[Sequence] = deque()
         self._running: list[Sequence] = []
+        self._flights: list[Flight] = []  # decode steps launched and not yet taken
         self._live: dict[int, GenerateRequest] = {}  # id -> admitted request, for the cancel watcher
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -175,6 +211,7 @@ class Scheduler:
             self._thread.join(timeout)
         if self._watcher:
             self._watcher.join(timeout)
+        self._flights = []
         for seq in [*self._prefilling, *self._running]:
             self._finish(seq, "cancelled")
         while self._waiting:
@@ -219,6 +256,7 @@ class Scheduler:
                 self.run_once()
             except Exception as e:  # an engine fault ends the requests in flight, not the server
                 log.exception("generate step failed")
+                self._flights = []
                 for seq in [*self._prefilling, *self._running]:
                     self._drop(seq)
                     self._retire(seq.request)
@@ -234,7 +272,7 @@ class Scheduler:
         if self._prefilling:
             self._prefill_chunk(self._prefilling[0])
             did = True
-        if self._running:
+        if self._running or self._flights:
             self._decode()
             did = True
         self.observer.gauges(self.active, self.queued)
@@ -287,17 +325,57 @@ class Scheduler:
         self._accept([seq], logits, first=True)
 
     def _decode(self) -> None:
-        batch, running = self.engine.spec.max_batch, list(self._running)  # _accept removes finished ones
-        for start in range(0, len(running), batch):
-            group = running[start:start + batch]
-            logits, index = self.engine.decode([s.slot for s in group], [s.generated[-1] for s in group],
-                                               [s.length - 1 for s in group])
+        """Launch the next step of every sequence that may go on, then take the tokens of the previous one."""
+        batch = self.engine.spec.max_batch
+        going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
+        launched = []
+        for start in range(0, len(going), batch):
+            group = going[start:start + batch]
+            tokens = self._inputs_of(group)
+            logits, index = self.engine.decode([s.slot for s in group], tokens,
+                                               [s.length - 1 + s.in_flight for s in group])
             self.observer.step(index, len(group))
-            self._accept(group, logits, first=False)
+            banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
+                      for s in group]
+            sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
+            for s in group:
+                s.in_flight += 1
+            launched.append(Flight.launch(group, sampled))
+        previous, self._flights = self._flights, launched
+        for flight in previous:
+            values = flight.values()
+            for s in flight.group:
+                s.in_flight -= 1
+            running = {id(s) for s in self._running}
+            live = [(s, t) for s, t in zip(flight.group, values) if id(s) in running]  # ended ones: dropped
+            if live:
+                self._take([s for s, _ in live], [t for _, t in live], first=False)
+
+    def _inputs_of(self, group: list[Sequence]) -> list[int] | torch.Tensor:
+        """Each row's last token: taken on the host, or still on the device in the previous step's flight."""
+        if not any(s.in_flight for s in group):
+            return [s.generated[-1] for s in group]
+        if len(self._flights) == 1 and [id(s) for s in self._flights[0].group] == [id(s) for s in group]:
+            return self._flights[0].tokens  # the same rows in the same order: the steady state
+        tokens = torch.empty(len(group), dtype=torch.int64, device=self.engine.device)
+        on_host = [i for i, s in enumerate(group) if not s.in_flight]
+        if on_host:
+            tokens[on_host] = torch.tensor([group[i].generated[-1] for i in on_host], device=self.engine.device)
+        for flight in self._flights:
+            row_of = {id(s): r for r, s in enumerate(flight.group)}
+            pairs = [(i, row_of[id(s)]) for i, s in enumerate(group) if s.in_flight and id(s) in row_of]
+            if pairs:
+                dst, src = zip(*pairs)
+                tokens[list(dst)] = flight.tokens[list(src)]
+        return tokens
 
     def _accept(self, group: list[Sequence], logits: torch.Tensor, first: bool) -> None:
         banned = [self._end_id(s) if len(s.generated) < s.request.min_tokens else None for s in group]
         tokens = sample(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
+        self._take(group, tokens, first)
+
+    def _take(self, group: list[Sequence], tokens: list[int], first: bool) -> None:
+        """The host's part of a step: end checks, detokenizing, responses, metrics."""
         now = time.perf_counter()
         if not first:
             self.observer.tokens([(now - s.last_token_at) * 1e3 for s in group])
