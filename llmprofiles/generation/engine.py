@@ -26,8 +26,8 @@ import torch
 
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
 from llmprofiles.generation.kvcache import SlotPool, allocate_pool
-from llmprofiles.profiles.generation import GenerationSpec
 from llmprofiles.manifest import EngineLoadError, read_manifest
+from llmprofiles.profiles.generation import GenerationSpec
 from llmprofiles.profiles.selection import SelectionError, select_profile
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class GenerationEngine:
         Through numpy views of the buffer: a dozen small torch ops cost ~0.4 ms per step on the CPU
         machine, the step's whole host share on the GPU (bench/NOTES.md, session 6).
         """
-        batch, seq = self.step_shapes[index]
+        _, seq = self.step_shapes[index]
         scratch, ctx, n = self.pool.scratch, self.spec.max_context, len(rows)
         if index in self._copied:  # the last copy out of this buffer must be done before it is rewritten
             self._copied.pop(index).synchronize()
