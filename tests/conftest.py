@@ -26,10 +26,19 @@ def llm_only_repo(dest: Path) -> Path:
     return dest
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run: the OS can hand the same free port to two
+    calls in a row (CI once gave one server the same HTTP and gRPC port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def require_built(*models: str) -> None:
