@@ -515,7 +515,7 @@ def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_l
         return real_decode(slots, tokens, positions)
 
     engine.decode = decode
-    sched = Scheduler(engine, _NullTok(), outs.append)
+    sched = Scheduler(engine, _NullTok(), outs.append, overlap=True)
     p = prompts(6)[0]
     sched.submit(GenerateRequest(p, max_tokens=6, min_tokens=6, stream=True))
     run(sched)
@@ -526,14 +526,15 @@ def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_l
     assert engine.pool.used == 0
 
 
-def test_a_sequence_that_stops_mid_batch_drops_its_launched_token_and_the_others_go_on(hf, reference):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_sequence_that_stops_mid_batch_drops_its_launched_token_and_the_others_go_on(hf, reference, overlap):
     """The end token is seen one step late: the step already launched for it is dropped, its slot reused."""
     p, q = prompts(6, 9)
     tokens_p, tokens_q = reference(p, 10), reference(q, 10)
     end = tokens_p[3]
     outs = []
     two_slots = GenerationSpec(slots=2, max_context=96, decode_buckets=(1, 2), prefill_buckets=(8, 16))
-    sched = Scheduler(make_engine(hf, two_slots), _NullTok(), outs.append)
+    sched = Scheduler(make_engine(hf, two_slots), _NullTok(), outs.append, overlap=overlap)
     stopping = GenerateRequest(p, max_tokens=10, end_id=end)
     going = GenerateRequest(q, max_tokens=10, end_id=-1)
     after = GenerateRequest(q, max_tokens=10, end_id=-1)  # takes the freed slot while `going` still runs
@@ -544,3 +545,10 @@ def test_a_sequence_that_stops_mid_batch_drops_its_launched_token_and_the_others
     assert final[id(stopping)].finish_reason == "stop" and final[id(stopping)].ids == tokens_p[:tokens_p.index(end)]
     assert final[id(going)].ids == tokens_q and final[id(after)].ids == tokens_q
     assert sched.engine.pool.used == 0
+
+
+def test_overlap_is_on_where_the_device_computes_apart_from_the_host(hf):
+    engine = make_engine(hf)
+    assert Scheduler(engine, _NullTok(), lambda o: None).overlap is False  # CPU: a launched step has already run
+    engine.device = torch.device("cuda")  # what the choice reads; nothing runs here
+    assert Scheduler(engine, _NullTok(), lambda o: None).overlap is True

@@ -5,8 +5,9 @@ and the KV-cache engine (``llmprofiles.generation``) are tested without Triton.
 This file adapts Triton's tensors, response senders, errors and metrics.
 
 ``execute`` only checks and queues a request. One scheduler thread runs every
-engine step; a few sender threads (``send_threads``) send the responses, each
-request's from one thread, coalesced when they pile up (``llmprofiles.serving.pump``).
+engine step and, by default, sends the responses; with ``send_threads`` > 0 a few
+sender threads send them instead, each request's from one thread, coalesced when
+they pile up (``llmprofiles.serving.pump``).
 """
 
 import json
@@ -47,9 +48,10 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         max_queue, cancel_check_ms = int(params["max_queue"]), float(params.get("cancel_check_ms", "0"))
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
-        self.pump = ResponsePump(self._send, threads=int(params.get("send_threads", "1")))
-        self.scheduler = Scheduler(self.engine, self.tokenizer, self.pump.put, max_queue, self.observer,
-                                   cancel_check_s=cancel_check_ms / 1e3)
+        send_threads = int(params.get("send_threads", "0"))  # 0: the scheduler thread sends
+        self.pump = ResponsePump(self._send, threads=send_threads) if send_threads else None
+        self.scheduler = Scheduler(self.engine, self.tokenizer, self.pump.put if self.pump else self._send,
+                                   max_queue, self.observer, cancel_check_s=cancel_check_ms / 1e3)
         self.scheduler.start()
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
@@ -67,13 +69,14 @@ class TritonPythonModel:
             if not done.wait(600):
                 raise RuntimeError(f"warm-up request of {length} tokens did not finish")
 
-    def _send(self, out):  # a sender thread of the pump
+    def _send(self, out):  # the scheduler thread, or a sender thread of the pump
         sink = out.request.sink
         if isinstance(sink, threading.Event):  # a warm-up request
             if out.final:
                 sink.set()
             return
-        self.observer.flush(wait=out.final)  # a client reading metrics after its last response sees its request
+        if out.final:  # a client reading metrics after its last response sees its request; else the timer sends them
+            self.observer.flush()
         sender, flags = sink
         if out.error is not None:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
@@ -106,5 +109,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.scheduler.stop()
-        self.pump.stop()
+        if self.pump:
+            self.pump.stop()
         self.observer.close()
