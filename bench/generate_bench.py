@@ -1178,9 +1178,7 @@ def main(argv: list[str] | None = None) -> None:
     state["notes"] = state.get("notes", []) + [n for n in a.note if n not in state.get("notes", [])]
     for other in a.merge:  # phases run in parallel elsewhere (another GPU of the host) with their own state
         done = json.loads(other.read_text())
-        for key in (*PHASES, "phase_wall_s"):
-            if key in done and key != "phase_wall_s":
-                state[key] = done[key]
+        state.update({phase: done[phase] for phase in PHASES if phase in done})
         for key in ("commands", "make", "phase_wall_s"):
             state.setdefault(key, {}).update({k: v for k, v in done.get(key, {}).items() if k in PHASES})
     path.write_text(json.dumps(state))

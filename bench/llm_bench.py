@@ -412,8 +412,9 @@ def environment() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     driver = None
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip().splitlines()[0] or None  # one line per GPU
+        lines = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True).stdout.split()
+        driver = lines[0] if lines else None  # one line per GPU
     except OSError:
         pass
     import transformers

@@ -52,22 +52,22 @@ def post_raw(url: str, path: str, body: bytes, timeout_s: float = 30.0) -> str:
         return f"connection failed: {e}"
 
 
-def infer_ok(url: str, model: str = "llm", timeout_s: float = 5.0) -> bool:
-    """One seq-1 request; True when it came back with logits."""
+def _answers(probe_one, url: str, model: str, timeout_s: float) -> bool:
     try:
-        _probe_llm(url, model, timeout_s)
+        probe_one(url, model, timeout_s)
         return True
     except ProbeError:
         return False
+
+
+def infer_ok(url: str, model: str = "llm", timeout_s: float = 5.0) -> bool:
+    """One seq-1 request; True when it came back with logits."""
+    return _answers(_probe_llm, url, model, timeout_s)
 
 
 def generate_ok(url: str, model: str = "generate", timeout_s: float = 5.0) -> bool:
     """One 1-token generation (the health probe's request); True when it came back with its token."""
-    try:
-        _probe_generate(url, model, timeout_s)
-        return True
-    except ProbeError:
-        return False
+    return _answers(_probe_generate, url, model, timeout_s)
 
 
 class Supervised:

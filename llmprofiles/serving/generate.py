@@ -227,9 +227,9 @@ class MetricsObserver(Observer):
 
     Each update of a Triton metric is a round trip to the server, so the scheduler
     thread only records: counters summed, gauges' last values, histogram samples.
-    :meth:`flush` sends what was recorded. The model flushes before each response
-    (waiting on a final one, so a client that reads the metrics after its last
-    response sees its request counted), and a timer thread every ``flush_s``.
+    :meth:`flush` sends what was recorded. The model flushes before each final
+    response (so a client that reads the metrics after its last response sees
+    its request counted), and a timer thread every ``flush_s``.
     """
 
     def __init__(self, pb_utils, model: str, profile_names: tuple[str, ...], flush_s: float = 0.1):

@@ -35,7 +35,8 @@ class TritonPythonModel:
                 f"numpy {np.__version__} in the server's Python (from {Path(np.__file__).parent}; "
                 f"sys.path starts {sys.path[:4]}): the 24.10 Python backend sends BYTES outputs "
                 "(text_output, finish_reason) empty under numpy 2. Install numpy<2 for the server (`make setup` "
-                "does), or put a numpy 1.26 folder first on the server's PYTHONPATH")
+                "does), or start the server with STUB_PYTHON naming a Python whose numpy is < 2 (the stub "
+                "ignores PYTHONPATH; llmprofiles.serving.launcher.overlay_python makes one)")
         config = json.loads(args["model_config"])
         # pb_utils' error codes exist only once the stub serves (not at import, during auto-complete).
         self.error_codes = {"invalid": pb_utils.TritonError.INVALID_ARG,
