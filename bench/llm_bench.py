@@ -137,21 +137,40 @@ def phase_engine(args) -> dict:
                 samples[key].append(time_call(engines[key], ids, pos, device))
         latency[f"{regime}@{seq}"] = {k: stats_ms(v) for k, v in samples.items()}
         print(f"engine {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
+    loaded = {key: decode_at_load(engine) for key, engine in engines.items()}
+    print(f"decode at load: {json.dumps(loaded)}", flush=True)
     if args.decode_only:
-        return {"latency": latency, "memory": memory, "decode_only": True}
+        return {"latency": latency, "memory": memory, "decode_only": True, "decode_at_load": loaded}
     manifest = read_manifest(REPO / "llm" / "1", verify=False)
     eager = wrapper_from_artifacts(REPO / "llm" / "1", manifest, device)  # HF eager, same weights
     correct = {k: correctness(engines[k], eager, vocab, args.correctness_n, device) for k in ("multi",)}
     print(f"correctness: {correct}", flush=True)
     sharing = weights_shared(engines["multi"])
     return {"latency": latency, "memory": memory, "correctness": correct, "weights_shared": sharing,
-            "decode_split": decode_split(engines["multi"], vocab, args.iters)}
+            "decode_at_load": loaded, "decode_split": decode_split(engines["multi"], vocab, args.iters)}
+
+
+def decode_at_load(engine) -> dict:
+    """The loaded engine's decode graph replay, and whether loading it reused the build's tuning.
+
+    ``compile`` is the decode profile's inductor counters while it was compiled at load: a
+    build whose kernels and launch configs were reused shows an FX graph cache hit and no
+    autotune or coordinate-descent benchmark.
+    """
+    from llmprofiles.runtimes.compiled import StaticGraphRunner, replay_ms
+
+    index = engine.select({"input_ids": (1, 1), "position_ids": (1, 1)})
+    runner = engine.runners[index]
+    counts = getattr(engine, "compile_counts", None)
+    return {"replay_ms": replay_ms(runner) if isinstance(runner, StaticGraphRunner) and runner.graph else None,
+            "compile": counts[index] if counts else None}
 
 
 def build_record(engine: dict) -> dict:
     """One fresh build's decode, measured by the engine phase, with what identifies the build."""
     record = {"date": datetime.date.today().isoformat(),
-              "decode": {k: engine["latency"]["decode@1"][k] for k in ("multi", "single")}}
+              "decode": {k: engine["latency"]["decode@1"][k] for k in ("multi", "single")},
+              "decode_at_load": engine.get("decode_at_load")}
     for key, model in MODELS.items():
         manifest = read_manifest(REPO / model / "1", verify=False)
         record[f"{key}_content_hash"] = manifest.get("content_hash")
@@ -592,7 +611,16 @@ def build_lines(builds: dict | None) -> list[str]:
         for name, t in (b.get("decode_tuning") or {}).items():
             times = ", ".join(f"{a['ms']:.3f}" if "ms" in a else "failed" for a in t["attempts"])
             final = f"; built engine {t['final_ms']:.3f}" if t.get("final_ms") is not None else ""
+            configs = t.get("final_configs")
+            if configs:
+                final += f"; launch configs kept {configs['same']}/{configs['kept']}"
             tuning.append(f"{name}: {times} (kept {t['winner'] + 1}{final})")
+        served = (b.get("decode_at_load") or {}).get("multi") or {}
+        if served.get("replay_ms") is not None:
+            counts = served.get("compile") or {}
+            retuned = counts.get("coordesc_tuning_bench", 0) + counts.get("select_algorithm_autotune", 0)
+            tuning.append(f"served engine replay {served['replay_ms']:.3f}, "
+                          + ("re-tuned at load" if retuned or counts.get("fxgraph_cache_miss") else "reused at load"))
         lines.append(f"| {label} | {b.get('date', '-')} | {m:.3f} | {s:.3f} | {speedup(s, m)} | "
                      f"{'; '.join(tuning) or 'not recorded'} |")
     lines += ["", f"Over {st['n']} build(s): multi {st['multi']['median_ms']:.3f} ms median, spread "

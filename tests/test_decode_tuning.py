@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 from pathlib import Path
@@ -81,8 +83,8 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
 
     def fake_tune(wrapper, shape, device, runs):
         events.append(f"tune {shape} x{runs}")
-        return b"winner", {"runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3,
-                           "spread": 0.0}
+        return b"winner", {"ab/kernel.best_config": {"XBLOCK": 64}}, {
+            "runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3, "spread": 0.0}
 
     class NoCache:
         def __enter__(self):
@@ -98,6 +100,8 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     monkeypatch.setattr(compiled, "fresh_compile_cache", NoCache)
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda b: events.append(f"load {b!r}"))
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"all profiles", None))
+    monkeypatch.setattr(compiled, "pin_kernel_configs", lambda configs: events.append(f"pin {sorted(configs)}"))
+    monkeypatch.setattr(compiled, "kernel_configs", lambda: {"ab/kernel.best_config": {"XBLOCK": 32}})
 
     def step(what):
         return NoCache()
@@ -107,9 +111,15 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
     static = [n for i, n in enumerate(PROFILE_SETS["multi"].names) if PROFILE_SETS["multi"].ranges(i)["input_ids"].is_static]
     assert static == ["decode"]
-    assert events.index("tune (1, 1) x2") < events.index("load b'winner'") < events.index("compile engine")
-    assert artifacts == [compiled.COMPILE_CACHE] and (tmp_path / compiled.COMPILE_CACHE).read_bytes() == b"all profiles"
-    assert extra["decode_tuning"]["decode"]["final_ms"] == 1.31 and extra["decode_tuning"]["decode"]["winner"] == 0
+    assert (events.index("tune (1, 1) x2") < events.index("load b'winner'")
+            < events.index("pin ['ab/kernel.best_config']") < events.index("compile engine"))
+    assert artifacts == [compiled.COMPILE_CACHE, compiled.KERNEL_CONFIGS]
+    assert (tmp_path / compiled.COMPILE_CACHE).read_bytes() == b"all profiles"
+    assert json.loads((tmp_path / compiled.KERNEL_CONFIGS).read_text()) == {"ab/kernel.best_config": {"XBLOCK": 64}}
+    record = extra["decode_tuning"]["decode"]
+    assert record["final_ms"] == 1.31 and record["winner"] == 0
+    # The engine's cache now holds another config for the pinned kernel: recorded as changed.
+    assert record["final_configs"] == {"kept": 1, "same": 0, "changed": 1, "missing": 0}
 
     events.clear()  # the single-profile set has no static profile: nothing to tune, no record
     ctx.profiles = PROFILE_SETS["single"]
@@ -138,3 +148,30 @@ def test_make_build_fresh_wipes_the_inductor_cache_and_only_the_chosen_builds():
     plain = make_dry_run()
     assert "rm -rf" not in plain and "--tune-runs" not in plain and "build_generate" in plain
     assert "rm -rf" not in make_dry_run("FRESH=0")
+
+
+def test_kernel_configs_round_trip_through_the_cache_and_compare():
+    """What the build keeps of a tuning attempt (each kernel's .best_config) is pinned back verbatim at load."""
+    kept = {"ab/k1.best_config": {"XBLOCK": 64, "num_warps": 4, "found_by_coordesc": True},
+            "cd/k2.best_config": {"R0_BLOCK": 128, "num_warps": 8}}
+    with compiled.fresh_compile_cache():
+        assert compiled.kernel_configs() == {}
+        assert compiled.pin_kernel_configs(kept) == 2
+        from torch._inductor.runtime.runtime_utils import cache_dir
+
+        # Inductor's own files carry the tuning time: it is not part of the choice.
+        extra = Path(cache_dir()) / "ef" / "k3.best_config"
+        extra.parent.mkdir()
+        extra.write_text(json.dumps({"XBLOCK": 8, "time_taken_ms": 12}))
+        now = compiled.kernel_configs()
+        assert now == {**kept, "ef/k3.best_config": {"XBLOCK": 8}}
+        assert compiled.compare_configs(kept, now) == {"kept": 2, "same": 2, "changed": 0, "missing": 0}
+        retuned = {**now, "ab/k1.best_config": {"XBLOCK": 32, "num_warps": 4, "found_by_coordesc": True}}
+        del retuned["cd/k2.best_config"]
+        assert compiled.compare_configs(kept, retuned) == {"kept": 2, "same": 0, "changed": 1, "missing": 1}
+
+
+@pytest.mark.parametrize("bad", ["../x.best_config", "/tmp/x.best_config", "ab/kernel.py"])
+def test_pinning_refuses_paths_outside_the_cache_or_not_configs(bad):
+    with compiled.fresh_compile_cache(), pytest.raises(compiled.EngineLoadError, match="not a kernel config path"):
+        compiled.pin_kernel_configs({bad: {"XBLOCK": 1}})

@@ -66,7 +66,7 @@ def tune_once(wrapper: torch.nn.Module, shape: tuple[int, ...], device: torch.de
     counters.clear()
     if device.type != "cuda":
         compiled.replay_ms = lambda runner, replays=0: 1.0
-    saved, record = compiled.tune_static_profile(wrapper, shape, device, runs)
+    saved, _, record = compiled.tune_static_profile(wrapper, shape, device, runs)
     return saved, record, snapshot()
 
 

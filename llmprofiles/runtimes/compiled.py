@@ -235,6 +235,9 @@ def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.dev
         t0 = time.perf_counter()
         torch.compiler.load_cache_artifacts(cache.read_bytes())
         log.info("loaded compile cache artifacts in %.1f s", time.perf_counter() - t0)
+    configs = version_dir / KERNEL_CONFIGS
+    if configs.is_file() and device.type == "cuda":
+        log.info("pinned %d tuned kernel launch configs", pin_kernel_configs(json.loads(configs.read_text())))
     wrapper = wrapper_from_artifacts(version_dir, manifest, device)
     engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
     engine.version_dir = version_dir
@@ -244,6 +247,8 @@ def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.dev
 # Build-time tuning of static profiles: compiles per profile, and replays timed per compile.
 DEFAULT_TUNE_RUNS = 3
 TUNE_REPLAYS = 200
+WARM_S = 0.5
+KERNEL_CONFIGS = "kernel_configs.json"
 
 
 def pick_fastest(attempt: Callable[[int], tuple[float, Any]], runs: int) -> tuple[Any, dict]:
@@ -281,11 +286,18 @@ def cut(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[:limit] + "…"
 
 
-def replay_ms(runner: StaticGraphRunner, replays: int = TUNE_REPLAYS) -> float:
-    """Median GPU time of one CUDA graph replay (CUDA events), after a few untimed replays."""
+def replay_ms(runner: StaticGraphRunner, replays: int = TUNE_REPLAYS, warm_s: float = WARM_S) -> float:
+    """Median GPU time of one CUDA graph replay (CUDA events), after ``warm_s`` of untimed replays.
+
+    The warm-up is timed, not counted: after the host-only work of a compile the GPU has
+    idled for seconds, and a few replays do not bring its clocks back up.
+    """
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(10):
-        runner.graph.replay()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < warm_s:
+        for _ in range(10):
+            runner.graph.replay()
+        torch.cuda.synchronize()
     times = []
     for _ in range(replays):
         start.record()
@@ -330,34 +342,83 @@ def artifact_counts(saved: bytes | None) -> dict[str, int]:
     return {kind: len(items) for kind, items in found.items()}
 
 
+def kernel_configs() -> dict[str, dict]:
+    """The launch config autotuning chose for each Triton kernel in the current inductor cache.
+
+    Inductor writes one ``<key>.best_config`` JSON file beside each autotuned kernel (benchmarked
+    configs and coordinate descent). Keyed by the path under the cache dir, which names the kernel
+    source's hash; the tuning time is dropped, so equal choices compare equal.
+    """
+    from torch._inductor.runtime.runtime_utils import cache_dir
+
+    root, out = Path(cache_dir()), {}
+    for path in sorted(root.glob("*/*.best_config")):
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        config.pop("time_taken_ms", None)
+        out[path.relative_to(root).as_posix()] = config
+    return out
+
+
+def pin_kernel_configs(configs: dict[str, dict]) -> int:
+    """Write the kept launch configs into the current inductor cache; returns how many were written.
+
+    A kernel whose source differs has another path, so a pinned file only ever applies to the
+    kernel it was tuned for; inductor also checks that the kernel's candidate configs hash the
+    same. Written over whatever the loaded cache artifacts put there.
+    """
+    from torch._inductor.runtime.runtime_utils import cache_dir
+
+    root = Path(cache_dir())
+    for rel, config in configs.items():
+        path = root / rel
+        if path.suffix != ".best_config" or ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise EngineLoadError(f"{KERNEL_CONFIGS}: {rel!r} is not a kernel config path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+    return len(configs)
+
+
+def compare_configs(kept: dict[str, dict], now: dict[str, dict]) -> dict[str, int]:
+    """How many of the kept kernels' configs are in the cache now, unchanged, changed or missing."""
+    same = sum(1 for k, v in kept.items() if now.get(k) == v)
+    missing = sum(1 for k in kept if k not in now)
+    return {"kept": len(kept), "same": same, "changed": len(kept) - same - missing, "missing": missing}
+
+
 def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
-                        runs: int) -> tuple[bytes | None, dict]:
+                        runs: int) -> tuple[bytes | None, dict[str, dict], dict]:
     """Compile one static profile ``runs`` times from empty caches; the fastest replay wins.
 
     Each attempt compiles through :class:`CompiledEngine` (one static profile at
     ``shape``), so it makes exactly the compile calls the built engine makes. Returns
-    the winner's cache artifacts (its chosen kernels and launch configs) and the tuning
-    record, with ``artifacts``: the kinds the winner's artifacts hold. Loading those
-    artifacts before the engine is compiled makes its compile a cache hit on exactly
-    those kernels.
+    the winner's cache artifacts (its chosen kernels and launch configs), its kernels'
+    launch configs (:func:`kernel_configs`) and the tuning record, with ``artifacts``:
+    the kinds the winner's artifacts hold, and ``kernel_configs``: how many kernels it
+    tuned. Loading those artifacts and pinning those configs before the engine is
+    compiled makes its compile a cache hit on exactly those kernels.
     """
-    def attempt(k: int) -> tuple[float, bytes | None]:
+    def attempt(k: int) -> tuple[float, tuple[bytes | None, dict[str, dict]]]:
         torch._dynamo.reset()  # Dynamo would otherwise reuse the previous attempt's graph
         clear_recorded_artifacts()
         with fresh_compile_cache():
             engine = CompiledEngine(wrapper, static_profile(shape), device)
             ms = replay_ms(engine.runners[0])
             saved = torch.compiler.save_cache_artifacts()
+            configs = kernel_configs()
             del engine
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return ms, None if saved is None else saved[0]
+        return ms, (None if saved is None else saved[0], configs)
 
-    artifacts, record = pick_fastest(attempt, runs)
+    (artifacts, configs), record = pick_fastest(attempt, runs)
     record["artifacts"] = artifact_counts(artifacts)
+    record["kernel_configs"] = len(configs)
     torch._dynamo.reset()
     clear_recorded_artifacts()
-    return artifacts, record
+    return artifacts, configs, record
 
 
 def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], dict]:
@@ -369,31 +430,39 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     artifacts: it should equal ``winner_ms`` within noise, or the winner was not reused.
     ``final_compile`` has that profile's COMPILE_COUNTERS in the engine: a pure reuse is
     one fxgraph_cache_hit and nothing else (no miss, no bypass, no autotune benchmark).
+    ``final_configs`` compares the winner's kernel launch configs with the cache's after
+    that compile (all ``same`` when they were reused). The winner's configs are saved as
+    ``kernel_configs.json`` and pinned again when the engine is loaded.
     """
     if ctx.device.type != "cuda":
         return [], {}
     runs = DEFAULT_TUNE_RUNS if tune_runs is None else tune_runs
     prepare(ctx.wrapper)
-    tuning, winners = {}, []
+    tuning, winners, pinned = {}, [], {}
     for i, name in enumerate(ctx.profiles.names):
         r = ctx.profiles.ranges(i)["input_ids"]
         if not r.is_static:
             continue
         with step(f"tune static profile {name!r}: {runs} compile(s) from empty caches, keep the fastest replay"):
-            artifacts, tuning[name] = tune_static_profile(ctx.wrapper, r.min, ctx.device, runs)
+            artifacts, configs, tuning[name] = tune_static_profile(ctx.wrapper, r.min, ctx.device, runs)
         print(f"     {name}: replay ms per attempt "
               f"{[round(a['ms'], 4) if 'ms' in a else 'failed' for a in tuning[name]['attempts']]}, "
               f"kept attempt {tuning[name]['winner'] + 1}", flush=True)
-        winners.append(artifacts)
+        winners.append((artifacts, configs))
+        pinned.update(configs)
     # From an empty cache too: a lookup takes the first entry of a key that fits, so an older
     # entry of the same graph (an earlier build's) could win over the tuned one.
     with step("compile every profile on the GPU and save the compiler's cache artifacts"), fresh_compile_cache():
-        for artifacts in winners:  # the tuned kernels, so the static compiles below are cache hits on them
+        for artifacts, _ in winners:  # the tuned kernels, so the static compiles below are cache hits on them
             if artifacts is not None:
                 torch.compiler.load_cache_artifacts(artifacts)
+        pin_kernel_configs(pinned)  # and their launch configs, whatever the artifacts restored
         engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
+        now = kernel_configs()
         for i, name in enumerate(ctx.profiles.names):
             if name in tuning:
+                _, configs = winners[list(tuning).index(name)]
+                tuning[name]["final_configs"] = compare_configs(configs, now)
                 counts = getattr(engine, "compile_counts", None)
                 if counts is not None:
                     tuning[name]["final_compile"] = counts[i]
@@ -407,7 +476,11 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
                                 "its kernels may not have been reused", name, final, tuning[name]["winner_ms"])
         saved = torch.compiler.save_cache_artifacts()
         extra = {"decode_tuning": tuning} if tuning else {}
-        if saved is None:
-            return [], extra
-        (ctx.version_dir / COMPILE_CACHE).write_bytes(saved[0])
-    return [COMPILE_CACHE], extra
+        written = []
+        if pinned:
+            (ctx.version_dir / KERNEL_CONFIGS).write_text(json.dumps(pinned, indent=1, sort_keys=True))
+            written.append(KERNEL_CONFIGS)
+        if saved is not None:
+            (ctx.version_dir / COMPILE_CACHE).write_bytes(saved[0])
+            written.insert(0, COMPILE_CACHE)
+    return written, extra
