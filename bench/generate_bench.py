@@ -103,7 +103,9 @@ def gpu_name(device: str) -> str:
     if device == "cpu":
         return "cpu"
     smi = nvidia_smi("name")
-    return smi[0] if smi else torch.cuda.get_device_name(0)
+    if smi:
+        return smi[0]
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"  # a report written off the GPU
 
 
 def slug(name: str) -> str:
@@ -580,8 +582,8 @@ def client_figures(result: dict) -> dict:
 
 
 def perf_analyzer_binary(a) -> str | None:
-    if a.perf_analyzer:
-        return str(a.perf_analyzer)
+    if a.perf_analyzer:  # named but absent (the carried wheel did not install): not run, not a failed phase
+        return str(a.perf_analyzer) if a.perf_analyzer.is_file() else None
     beside = Path(sys.executable).parent / "perf_analyzer"
     return str(beside) if beside.is_file() else shutil.which("perf_analyzer")
 
@@ -654,9 +656,12 @@ def run_perf_analyzer(binary: str, server, a, concurrency: int, vocab: int) -> d
     cmd = [binary, "-m", "generate", "-i", "grpc", "--streaming", "-u", server.grpc_url,
            "--concurrency-range", str(concurrency), "--input-data", str(data),
            "--profile-export-file", str(export), "--measurement-interval", str(a.perf_interval_ms),
-           "--stability-percentage", "999"]
+           "--stability-percentage", "999", "--max-trials", "6"]
     print(f"$ {' '.join(cmd)}", flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:  # an outside check: its failure is a row, never the end of the phase's sweep
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=6 * a.perf_interval_ms / 1e3 + 60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"command": " ".join(cmd), "error": f"{type(e).__name__}: {e}"[:400]}
     (tmp / f"perf_analyzer_c{concurrency}.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0 or not export.is_file():
         return {"command": " ".join(cmd), "error": f"exit {p.returncode}: {(p.stderr or p.stdout)[-1500:]}"}
@@ -1179,7 +1184,7 @@ def main(argv: list[str] | None = None) -> None:
     for other in a.merge:  # phases run in parallel elsewhere (another GPU of the host) with their own state
         done = json.loads(other.read_text())
         state.update({phase: done[phase] for phase in PHASES if phase in done})
-        for key in ("commands", "make", "phase_wall_s"):
+        for key in ("commands", "make", "phase_wall_s", "errors"):
             state.setdefault(key, {}).update({k: v for k, v in done.get(key, {}).items() if k in PHASES})
     path.write_text(json.dumps(state))
     error = None

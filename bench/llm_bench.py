@@ -115,7 +115,7 @@ def correctness(engine, eager, vocab: int, n: int, device) -> dict:
     return out
 
 
-def phase_engine(args) -> dict:
+def phase_engine(args, on_decode=None) -> dict:
     from llmprofiles.runtimes.compiled import wrapper_from_artifacts
 
     device = torch.device("cuda:0")
@@ -139,6 +139,8 @@ def phase_engine(args) -> dict:
         print(f"engine {regime} seq={seq}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in latency[f'{regime}@{seq}'].items()), flush=True)
     loaded = {key: decode_at_load(engine) for key, engine in engines.items()}
     print(f"decode at load: {json.dumps(loaded)}", flush=True)
+    if on_decode:  # the build's decode is kept even if a later step fails or the call runs out of time
+        on_decode({"latency": latency, "memory": memory, "decode_at_load": loaded})
     if args.decode_only:
         return {"latency": latency, "memory": memory, "decode_only": True, "decode_at_load": loaded}
     manifest = read_manifest(REPO / "llm" / "1", verify=False)
@@ -814,7 +816,11 @@ def main(argv: list[str] | None = None) -> None:
     state["notes"] = state.get("notes", []) + a.note
     STATE.write_text(json.dumps(state))  # notes stay with the run, whichever phase added them
     if a.phase in ("engine", "all"):
-        engine = phase_engine(a)
+        def save_build(engine: dict) -> None:
+            state.setdefault("builds", {})[a.build_label] = build_record(engine)
+            STATE.write_text(json.dumps(state))
+
+        engine = phase_engine(a, save_build if a.build_label else None)
         if not a.decode_only:
             state["engine"] = engine
         if a.build_label:
