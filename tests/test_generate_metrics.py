@@ -86,3 +86,19 @@ def test_a_flush_that_need_not_wait_returns_while_another_thread_flushes():
     m.flush(wait=False)
     assert len(log) == 1
     m.close()
+
+
+def test_a_flush_without_gauges_keeps_them_for_the_timer():
+    """Before a final response only counters and histograms go: a gauge's set holds the stub's GIL."""
+    log = []
+    m = observer(log)
+    m.step(0, 1)
+    m.gauges(2, 1)
+    m.flush(gauges=False)
+    assert [e[1] for e in log] == ["increment"]
+    m.gauges(3, 1)  # a later value replaces the one waiting
+    log.clear()
+    m.flush()
+    assert log == [("llm_generate_active_sequences[('model', 'generate')]", "set", 3),
+                   ("llm_generate_queue_size[('model', 'generate')]", "set", 1)]
+    m.close()

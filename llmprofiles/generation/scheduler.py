@@ -273,12 +273,13 @@ class Scheduler:
         for out in rejects:
             self.emit(out)
         did = bool(rejects) | self._drop_cancelled() | self._admit()
-        # Prefill up to one largest chunk of prompt tokens per iteration: a long prompt still takes one
-        # chunk at a time, and short prompts that arrive together (clients whose last responses left
-        # together) start in the same iteration instead of queueing one per decode step.
-        budget = self.engine.spec.max_chunk
-        while self._prefilling and budget > 0:
-            budget -= self._prefill_chunk(self._prefilling[0])
+        # One prefill chunk per iteration, then decode. Prefilling every prompt that arrived together before
+        # the next decode step (a budget of max_chunk tokens per iteration) kept them in lockstep: they
+        # finished together, their clients came back together, and the last of each group waited for the
+        # others' prefills every time (CPU machine, 8 streams: TTFT p50 50-79 vs 32-42 ms; bench/NOTES.md,
+        # session 7). One per iteration staggers them, and a decode step never waits for more than one chunk.
+        if self._prefilling:
+            self._prefill_chunk(self._prefilling[0])
             did = True
         if self._running or self._flights:
             self._decode()
@@ -317,22 +318,21 @@ class Scheduler:
                 admitted = True
         return admitted
 
-    def _prefill_chunk(self, seq: Sequence) -> int:
-        """Prefill the next chunk of ``seq``'s prompt; the number of prompt tokens it took."""
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        """Prefill the next chunk of ``seq``'s prompt; after its last chunk, sample and send its first token."""
         prompt = seq.request.prompt_ids
         chunk = prompt[seq.prefilled:seq.prefilled + self.engine.spec.max_chunk]
         logits, index = self.engine.prefill(seq.slot, chunk, seq.prefilled)
         self.observer.step(index, len(chunk))
         seq.prefilled += len(chunk)
         if seq.prefilled < len(prompt):
-            return len(chunk)
+            return
         self._prefilling.popleft()
         now = time.perf_counter()
         self.observer.first_token((now - seq.submitted) * 1e3, len(prompt))
         seq.last_token_at = now
         self._running.append(seq)
         self._accept([seq], logits, first=True)
-        return len(chunk)
 
     def _decode(self) -> None:
         """Launch the next step of every sequence that may go on, then take the tokens of the previous one."""

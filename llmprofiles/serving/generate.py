@@ -227,9 +227,13 @@ class MetricsObserver(Observer):
 
     Each update of a Triton metric is a round trip to the server, so the scheduler
     thread only records: counters summed, gauges' last values, histogram samples.
-    :meth:`flush` sends what was recorded. The model flushes before each final
-    response (so a client that reads the metrics after its last response sees
-    its request counted), and a timer thread every ``flush_s``.
+    :meth:`flush` sends what was recorded. The model flushes counters and
+    histograms before each final response (so a client that reads the metrics
+    after its last response sees its request counted), and a timer thread sends
+    everything every ``flush_s``. Gauges go from the timer only: a gauge's
+    ``set`` keeps the GIL for its whole round trip (python_backend ``metric.cc``:
+    ``SendSetValueRequest`` has no ``gil_scoped_release``, unlike increment and
+    observe), stopping the scheduler thread's Python meanwhile.
     """
 
     def __init__(self, pb_utils, model: str, profile_names: tuple[str, ...], flush_s: float = 0.1):
@@ -283,14 +287,16 @@ class MetricsObserver(Observer):
             self._gauges[id(self.active)] = (self.active, active)
             self._gauges[id(self.queue)] = (self.queue, queued)
 
-    def flush(self, wait: bool = True) -> None:
-        """Send what was recorded. ``wait=False`` returns at once when another thread is flushing."""
+    def flush(self, wait: bool = True, gauges: bool = True) -> None:
+        """Send what was recorded. ``wait=False`` returns at once when another thread is flushing;
+        ``gauges=False`` leaves the gauges for a later flush (see the class doc)."""
         if not self._flushing.acquire(blocking=wait):
             return
         try:
             with self._lock:
-                counts, gauges, samples = self._counts, self._gauges, self._samples
-                self._counts, self._gauges, self._samples = {}, {}, []
+                counts, samples = self._counts, self._samples
+                self._counts, self._samples = {}, []
+                gauges, self._gauges = (self._gauges, {}) if gauges else ({}, self._gauges)
             for metric, n in counts.values():
                 metric.increment(n)
             for metric, value in samples:

@@ -77,7 +77,7 @@ class TritonPythonModel:
                 sink.set()
             return
         if out.final:  # a client reading metrics after its last response sees its request; else the timer sends them
-            self.observer.flush()
+            self.observer.flush(gauges=False)
         sender, flags = sink
         if out.error is not None:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
