@@ -289,3 +289,16 @@ def test_engine_run_in_range_calls_forward_once_with_that_profile(engine):
 def test_base_engine_forward_is_abstract():
     with pytest.raises(NotImplementedError):
         Engine(MULTI, VOCAB, torch.device("cpu")).run(0, ids(1), torch.tensor([[0]]))
+
+
+def test_warm_requests_cover_every_profile_at_its_opt_as_a_client_sends_them():
+    from llmprofiles.serving.llm import RequestHandler, warm_requests
+
+    engine = FakeEngine(MULTI)
+    warm = warm_requests(engine)
+    assert [i for i, _, _ in warm] == list(range(len(engine.profiles)))
+    for i, ids, pos in warm:
+        assert tuple(ids.shape) == tuple(engine.profiles.ranges(i)["input_ids"].opt) == tuple(pos.shape)
+        assert pos.is_contiguous() and pos._base is None and pos[0].tolist() == list(range(ids.shape[-1]))
+        # The explicit choice the model's warm-up sends picks that very profile, checks and all.
+        assert RequestHandler(engine)(ids, pos, {"optimization_profile": i}).profile_index == i

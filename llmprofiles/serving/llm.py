@@ -155,3 +155,19 @@ class RequestHandler:
         if self.on_served:
             self.on_served(index, latency_ms)
         return Served(logits, index, latency_ms)
+
+
+def warm_requests(engine: Engine) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """One request-shaped input per profile at its opt, as a client sends it: ``(profile, ids, positions)``.
+
+    Host tensors, positions a contiguous ``arange`` per row: what a request's tensors look like
+    once the backend hands them over. The engine compiled and checked every shape at load
+    (``check_warm``); these run the model's own request path once more, from its tensors in
+    to its output tensors out, before the server reports ready.
+    """
+    out = []
+    for i in range(len(engine.profiles)):
+        shape = tuple(engine.profiles.ranges(i)["input_ids"].opt)
+        ids = torch.zeros(shape, dtype=torch.int64)
+        out.append((i, ids, torch.arange(shape[-1], dtype=torch.int64).repeat(shape[0], 1)))
+    return out

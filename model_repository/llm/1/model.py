@@ -13,15 +13,25 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from llmprofiles.runtimes.load import load_engine
-from llmprofiles.serving.llm import INPUTS, LATENCY_BUCKETS_MS, BadRequest, RequestHandler, cut_message, max_positions_of
+from llmprofiles.serving.llm import (INPUTS, LATENCY_BUCKETS_MS, BadRequest, RequestHandler, cut_message,
+                                     max_positions_of, warm_requests)
+from llmprofiles.profiles.selection import PARAMETER
 
 
 def _inputs(request):
+    return _loaders({name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS})
+
+
+def _loaders(tensors):
     """Each input's declared shape (metadata only) and a loader that builds its torch tensor on demand."""
-    tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
     shapes = {name: None if t is None else tuple(t.shape()) for name, t in tensors.items()}
     # DLPack, not as_numpy(): works with numpy 2 and with GPU tensors.
     return shapes, lambda name: None if tensors[name] is None else from_dlpack(tensors[name].to_dlpack())
+
+
+def _outputs(served):
+    return [pb_utils.Tensor.from_dlpack("logits", to_dlpack(served.logits.contiguous())),
+            pb_utils.Tensor.from_dlpack("profile_index", to_dlpack(torch.tensor([served.profile_index], dtype=torch.int32)))]
 
 
 class TritonPythonModel:
@@ -46,6 +56,14 @@ class TritonPythonModel:
                         for n in names]
         self.invalid = errors.Metric(labels={"model": model})
         self.handler = RequestHandler(self.engine, on_served=self._record, max_positions=max_positions_of(version_dir))
+        # Ready means warm: each profile once more through execute's own path (backend tensors in, DLPack,
+        # checks, engine, output tensors), uncounted by the metrics.
+        warm = RequestHandler(self.engine, max_positions=max_positions_of(version_dir))
+        for index, ids, pos in warm_requests(self.engine):
+            tensors = {"input_ids": pb_utils.Tensor.from_dlpack("input_ids", to_dlpack(ids)),
+                       "position_ids": pb_utils.Tensor.from_dlpack("position_ids", to_dlpack(pos))}
+            served = warm.serve(*_loaders(tensors), json.dumps({PARAMETER: index}))
+            _outputs(served)
         pb_utils.Logger.log_info(f"{model}: profiles {list(names)} on {device}")
 
     def _record(self, index, latency_ms):
@@ -57,12 +75,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 served = self.handler.serve(*_inputs(request), request.parameters())
-                outputs = [
-                    pb_utils.Tensor.from_dlpack("logits", to_dlpack(served.logits.contiguous())),
-                    pb_utils.Tensor.from_dlpack("profile_index",
-                                                to_dlpack(torch.tensor([served.profile_index], dtype=torch.int32))),
-                ]
-                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+                responses.append(pb_utils.InferenceResponse(output_tensors=_outputs(served)))
             except BadRequest as e:
                 self.invalid.increment(1)
                 responses.append(pb_utils.InferenceResponse(
