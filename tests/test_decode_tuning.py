@@ -175,3 +175,17 @@ def test_kernel_configs_round_trip_through_the_cache_and_compare():
 def test_pinning_refuses_paths_outside_the_cache_or_not_configs(bad):
     with compiled.fresh_compile_cache(), pytest.raises(compiled.EngineLoadError, match="not a kernel config path"):
         compiled.pin_kernel_configs({bad: {"XBLOCK": 1}})
+
+
+def test_a_kernel_whose_config_came_from_the_cache_is_not_tuned_again(monkeypatch):
+    """pytorch/pytorch#172819: torch 2.11 re-ran coordinate descent on cached configs at every load."""
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    monkeypatch.setattr(CachingAutotuner, "coordinate_descent_tuning", lambda self, launcher, *a, **k: "re-tuned")
+    hit, miss = (SimpleNamespace(autotune_cache_info={"autotune_cache_state": s}) for s in ("hit", "miss"))
+    bare = SimpleNamespace()  # an autotuner without the record (older torch): tuned as before
+    with compiled.cached_configs_final():
+        assert CachingAutotuner.coordinate_descent_tuning(hit, "cached launcher") == "cached launcher"
+        assert CachingAutotuner.coordinate_descent_tuning(miss, "launcher") == "re-tuned"
+        assert CachingAutotuner.coordinate_descent_tuning(bare, "launcher") == "re-tuned"
+    assert CachingAutotuner.coordinate_descent_tuning(hit, "cached launcher") == "re-tuned"  # restored on exit

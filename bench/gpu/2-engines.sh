@@ -2,7 +2,7 @@
 # build 1, and GPU 1 the generate build, its engine phase and its GPU tests. Build 2's decode is measured at the
 # start of call 3, on GPU 0 like build 1's.
 source bench/gpu/env.sh
-T="TUNE_RUNS=${TUNE_RUNS:-2}"
+T="TUNE_RUNS=${TUNE_RUNS:-3}"
 (export CUDA_VISIBLE_DEVICES=0
  tmo 300 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T BUILD_MODELS=llm_single > "$LOG/b1_single.log" 2>&1; el build 1 single rc=$?
  tmo 400 make bench PY=python3 $T BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 1" > "$LOG/llm_engine.log" 2>&1; el llm engine phase rc=$?) & P0=$!

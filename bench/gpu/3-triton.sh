@@ -3,7 +3,7 @@
 # 1/8/32/64 with client/generate.py and perf_analyzer). Nothing compiles beside them (llm's GPU tests moved to
 # call 4): session 6's first llm decode overlapped such a compile.
 source bench/gpu/env.sh
-T="TUNE_RUNS=${TUNE_RUNS:-2}"
+T="TUNE_RUNS=${TUNE_RUNS:-3}"
 (export CUDA_VISIBLE_DEVICES=0
  mkdir -p .w2/bench/tmp && { [ ! -f bench/tmp/state.json ] || cp bench/tmp/state.json .w2/bench/tmp/; }
  (cd .w2 && tmo 200 make bench PY=python3 $T BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 2 --decode-only" > "$LOG/decode_b2.log" 2>&1); el decode of build 2 rc=$?

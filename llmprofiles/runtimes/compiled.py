@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -239,7 +240,8 @@ def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.dev
     if configs.is_file() and device.type == "cuda":
         log.info("pinned %d tuned kernel launch configs", pin_kernel_configs(json.loads(configs.read_text())))
     wrapper = wrapper_from_artifacts(version_dir, manifest, device)
-    engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
+    with cached_configs_final():
+        engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
     engine.version_dir = version_dir
     return engine
 
@@ -381,6 +383,34 @@ def pin_kernel_configs(configs: dict[str, dict]) -> int:
     return len(configs)
 
 
+@contextmanager
+def cached_configs_final():
+    """While compiling from saved artifacts: a kernel whose launch config came from the cache keeps it.
+
+    Works around pytorch/pytorch#172819 (torch 2.11 on the H200 machine): a kernel loaded from the
+    FX graph cache loses the ``found_by_coordesc`` mark of its cached config, so coordinate descent
+    runs again at its first call and may pick another config. Measured on two fresh builds
+    (2026-11-30): 84-92 coordinate-descent benchmarks in the build's final compile and 32-41 at
+    each load, although every kernel's config came from the cache; the built engines replayed
+    decode in 1.20 and 1.76 ms against 1.46 and 1.12 ms for the compiles they were built from.
+    Kernels that missed the cache are tuned as usual. Harmless where torch has the fix.
+    """
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    original = CachingAutotuner.coordinate_descent_tuning
+
+    def tune(self, launcher, *args, **kwargs):
+        if (getattr(self, "autotune_cache_info", None) or {}).get("autotune_cache_state") == "hit":
+            return launcher
+        return original(self, launcher, *args, **kwargs)
+
+    CachingAutotuner.coordinate_descent_tuning = tune
+    try:
+        yield
+    finally:
+        CachingAutotuner.coordinate_descent_tuning = original
+
+
 def compare_configs(kept: dict[str, dict], now: dict[str, dict]) -> dict[str, int]:
     """How many of the kept kernels' configs are in the cache now, unchanged, changed or missing."""
     same = sum(1 for k, v in kept.items() if now.get(k) == v)
@@ -457,7 +487,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
             if artifacts is not None:
                 torch.compiler.load_cache_artifacts(artifacts)
         pin_kernel_configs(pinned)  # and their launch configs, whatever the artifacts restored
-        engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
+        with cached_configs_final():
+            engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
         now = kernel_configs()
         for i, name in enumerate(ctx.profiles.names):
             if name in tuning:
