@@ -91,7 +91,9 @@ def ms_stats(samples: list[float]) -> dict:
 def nvidia_smi(query: str) -> list[str] | None:
     """One ``nvidia-smi --query-gpu`` line (first GPU) split by comma; None without nvidia-smi."""
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+        from bench.llm_bench import visible_gpu
+
+        out = subprocess.run(["nvidia-smi", *visible_gpu(), f"--query-gpu={query}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, check=True, timeout=30).stdout
         return [x.strip() for x in out.splitlines()[0].split(",")]
     except (OSError, subprocess.SubprocessError, IndexError):

@@ -203,8 +203,21 @@ def weights_shared(engine) -> dict:
 
 # --- through Triton ------------------------------------------------------------
 
-def proc_tree_rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process and all its descendants (tritonserver + backend stubs); None if it has exited."""
+def is_compile_worker(pid: int) -> bool:
+    """An inductor compile worker (a pool the server's compiles start; it idles, then exits on its own)."""
+    try:
+        return b"_inductor" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def proc_tree_rss_bytes(pid: int, skip=is_compile_worker) -> int | None:
+    """Resident memory of a process and all its descendants (tritonserver + backend stubs); None if it has exited.
+
+    Descendants for which ``skip(pid)`` holds are left out, with their own descendants: by default
+    inductor's compile workers, which once held 11 GiB at the start of a load run and left before its
+    end (H200, 2026-11-30), so the tree's RSS "fell" by that much.
+    """
     if not Path(f"/proc/{pid}").is_dir():
         return None
     children: dict[int, list[int]] = {}
@@ -218,6 +231,8 @@ def proc_tree_rss_bytes(pid: int) -> int | None:
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
+        if p != pid and skip and skip(p):
+            continue
         todo.extend(children.get(p, []))
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -228,9 +243,16 @@ def proc_tree_rss_bytes(pid: int) -> int | None:
     return total
 
 
+def visible_gpu() -> list[str]:
+    """nvidia-smi's ``-i`` for the GPU this process and its servers use: nvidia-smi ignores
+    CUDA_VISIBLE_DEVICES and reads GPU 0 by default (on a 2-GPU host, the other benchmark's GPU)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return ["-i", first] if first else []
+
+
 def gpu_used_bytes() -> int | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        out = subprocess.run(["nvidia-smi", *visible_gpu(), "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, check=True).stdout
         return int(out.split()[0]) * 1024 * 1024
     except (OSError, subprocess.CalledProcessError, ValueError, IndexError):

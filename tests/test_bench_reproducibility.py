@@ -180,3 +180,25 @@ def test_the_triton_phase_serves_only_the_measured_models(tmp_path, monkeypatch)
     assert sorted(p.name for p in root.iterdir()) == ["llm", "llm_single"]
     assert (root / "llm").resolve() == (tmp_path / "model_repository" / "llm").resolve()
     assert llm_bench.llm_repo() == root  # a second run replaces the links
+
+
+def test_memory_of_the_server_tree_leaves_compile_workers_out_and_reads_its_own_gpu(monkeypatch):
+    import os
+    import subprocess as sp
+    import sys
+
+    from bench import llm_bench
+
+    child = sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        me = os.getpid()
+        with_child = llm_bench.proc_tree_rss_bytes(me, skip=None)
+        without = llm_bench.proc_tree_rss_bytes(me, skip=lambda pid: pid == child.pid)
+        assert with_child > without > 0
+    finally:
+        child.kill()
+        child.wait()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert llm_bench.visible_gpu() == ["-i", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert llm_bench.visible_gpu() == []
