@@ -660,6 +660,9 @@ def run_perf_analyzer(binary: str, server, a, concurrency: int, vocab: int) -> d
            "--profile-export-file", str(export), "--measurement-interval", str(a.perf_interval_ms),
            "--stability-percentage", "999", "--max-trials", "6"]
     print(f"$ {' '.join(cmd)}", flush=True)
+    # perf_analyzer refuses an export path that exists ("Path must not already exist"); a stale export of an
+    # earlier run would then be read as this run's figures (it was, once, in session 7's pump A/B).
+    export.unlink(missing_ok=True)
     try:  # an outside check: its failure is a row, never the end of the phase's sweep
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=6 * a.perf_interval_ms / 1e3 + 60)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -237,3 +237,21 @@ def test_report_merges_a_phase_run_with_its_own_state(tmp_path, monkeypatch):
                          "--out-dir", str(tmp_path / "out")])
     merged = json.loads(main_state.read_text())
     assert merged["anchor"] == anchor and merged["commands"]["anchor"] == "python -m x"
+
+
+def test_perf_analyzer_never_reads_an_earlier_runs_export(tmp_path, monkeypatch):
+    """perf_analyzer refuses an existing export path and exits; the stale file must not become this run's figures."""
+    import stat
+    from types import SimpleNamespace
+
+    from bench import generate_bench as gb
+
+    monkeypatch.setattr(gb, "WORK", tmp_path)
+    stale = tmp_path / "perf_export_c64.json"
+    stale.write_text('{"experiments": []}')
+    binary = tmp_path / "perf_analyzer"  # exits 0 without writing, as when it refuses the path
+    binary.write_text("#!/bin/sh\necho 'Error: Path must not already exist.'\nexit 0\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    out = gb.run_perf_analyzer(str(binary), SimpleNamespace(grpc_url="127.0.0.1:1"),
+                               SimpleNamespace(perf_interval_ms=10), 64, 1000)
+    assert not stale.exists() and "error" in out and "exit 0" in out["error"]
