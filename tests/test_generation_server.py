@@ -323,3 +323,22 @@ def test_small_build_declares_its_overridden_profiles(small):
     manifest = json.loads(Path(small.repos[0] / "generate" / "1" / "manifest.json").read_text())
     assert manifest["profiles"]["names"] == ["decode_b1", "decode_b2", "prefill_16", "prefill_32"]
     assert manifest["generation"]["slots"] == 2
+
+
+def test_a_stream_interval_sends_the_first_token_alone_then_groups_of_tokens(tmp_path):
+    """stream_interval 3 in config.pbtxt: fewer responses per stream, the same tokens and text."""
+    from llmprofiles.serving.launcher import TritonServer
+
+    model = tmp_path / "repo" / "generate"
+    model.mkdir(parents=True)
+    (model / "1").symlink_to((REPO / "generate" / "1").resolve(), target_is_directory=True)
+    config = (REPO / "generate" / "config.pbtxt").read_text()
+    assert '"stream_interval", value: { string_value: "1" }' in config
+    (model / "config.pbtxt").write_text(config.replace('"stream_interval", value: { string_value: "1" }',
+                                                       '"stream_interval", value: { string_value: "3" }'))
+    with TritonServer(model.parent, free_port(), free_port(), free_port(), work=tmp_path / "work") as s:
+        streamed = generate(s.grpc_url, text_input="def main():", max_tokens=8, min_tokens=8, stream=True)
+        whole = generate(s.grpc_url, text_input="def main():", max_tokens=8, min_tokens=8)
+    assert [len(r["output_ids"]) for r in streamed] == [1, 3, 3, 1]
+    assert [r["final"] for r in streamed] == [False, False, False, True]
+    assert ids_of(streamed) == ids_of(whole) and text_of(streamed) == text_of(whole)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from llmprofiles.generation.scheduler import GenerateRequest, Output
-from llmprofiles.serving.pump import ResponsePump, coalesce
+from llmprofiles.serving.pump import ResponsePump, StreamInterval, coalesce
 
 
 def token(request, i, final=False, reason=""):
@@ -90,3 +90,33 @@ def test_a_failing_send_does_not_stop_the_thread_serving_other_requests():
 def test_zero_threads_is_refused_with_the_value():
     with pytest.raises(ValueError, match="send threads 0"):
         ResponsePump(lambda out: None, threads=0)
+
+
+def test_stream_interval_sends_the_first_token_alone_then_groups_and_flushes_on_the_final():
+    sent = []
+    emit = StreamInterval(sent.append, tokens=3).put
+    a, b = GenerateRequest([1]), GenerateRequest([2])
+    for i in range(5):  # two requests interleaved, as the scheduler emits them step by step
+        emit(token(a, i))
+        emit(token(b, i))
+    assert [(o.request is a, o.ids) for o in sent] == [(True, [0]), (False, [0]), (True, [1, 2, 3]), (False, [1, 2, 3])]
+    emit(token(a, 5, final=True, reason="length"))  # a's held-back token leaves with its final
+    error = Output(b, [], "", final=True, error="internal engine error: boom")
+    emit(error)
+    assert [(o.ids, o.final, o.finish_reason) for o in sent[4:5]] == [([4, 5], True, "length")]
+    assert [(o.request is b, o.ids, o.error) for o in sent[5:]] == [(True, [4], None), (True, [], error.error)]
+    # A request object reused after its final starts over: its first token leaves alone again.
+    emit(token(a, 0))
+    assert sent[-1].ids == [0] and sent[-1].request is a
+
+
+def test_stream_interval_of_one_sends_every_token_and_a_bad_interval_is_refused():
+    sent = []
+    emit = StreamInterval(sent.append, tokens=1).put
+    r = GenerateRequest([1])
+    for i in range(3):
+        emit(token(r, i, final=i == 2))
+    assert [o.ids for o in sent] == [[0], [1], [2]]
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="stream interval"):
+            StreamInterval(sent.append, tokens=bad)

@@ -33,6 +33,8 @@ CANCEL_CHECK_MS = 5
 # thread. 0 by default: on the CPU machine the pump raised TTFT p50 from 24 to 80-110 ms at 8 streams
 # (requests waited longer for admission; cause not found), with tokens/s unchanged. To be measured on a GPU.
 SEND_THREADS = 0
+# Tokens per streamed response after the first (llmprofiles.serving.pump.StreamInterval); 1 = every token.
+STREAM_INTERVAL = 1
 CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -73,7 +75,8 @@ instance_group [ {{ count: 1, kind: {kind} }} ]
 parameters [
   {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }},
   {{ key: "cancel_check_ms", value: {{ string_value: "{CANCEL_CHECK_MS}" }} }},
-  {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }}
+  {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }},
+  {{ key: "stream_interval", value: {{ string_value: "{STREAM_INTERVAL}" }} }}
 ]
 """)
 

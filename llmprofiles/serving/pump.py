@@ -92,3 +92,41 @@ class ResponsePump:
             q.put(None)
         for t in self._threads:
             t.join(timeout)
+
+
+class StreamInterval:
+    """Streams in steps of ``tokens``: a request's first token alone, then one response per ``tokens`` tokens.
+
+    Each decoupled response is a blocking round trip from the stub to the server, and
+    the H200 run of 2026-11-30 settled near 2,000-2,500 responses/s at 32-64 streams
+    while the engine made 9,000 tokens/s. Grouping tokens cuts the responses by that
+    factor; the first token still leaves at once (TTFT unchanged), a final or an error
+    flushes what is pending. ``put`` runs on the scheduler thread, before the pump if any.
+
+        emit = StreamInterval(pump.put if pump else send, tokens=4).put
+    """
+
+    def __init__(self, send: Callable[[Output], None], tokens: int):
+        if not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"stream interval {tokens!r}: give a whole number of tokens >= 1")
+        self._send, self._tokens = send, tokens
+        self._pending: dict[int, list[Output]] = {}  # id(request) -> outputs held back
+        self._started: set[int] = set()  # requests whose first token has left
+
+    def put(self, out: Output) -> None:
+        key = id(out.request)
+        if out.final or out.error is not None:
+            self._started.discard(key)
+            for merged in coalesce([*self._pending.pop(key, []), out]):
+                self._send(merged)
+            return
+        if key not in self._started:
+            self._started.add(key)
+            self._send(out)
+            return
+        pending = self._pending.setdefault(key, [])
+        pending.append(out)
+        if sum(len(o.ids) for o in pending) >= self._tokens:
+            del self._pending[key]
+            for merged in coalesce(pending):
+                self._send(merged)

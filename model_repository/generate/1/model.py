@@ -25,7 +25,7 @@ from llmprofiles.generation.tokenizer import Tokenizer
 from llmprofiles.serving.generate import (INPUT_NAMES, Limits, MetricsObserver, check_shapes, parse_request,
                                           response_arrays)
 from llmprofiles.serving.llm import BadRequest
-from llmprofiles.serving.pump import ResponsePump
+from llmprofiles.serving.pump import ResponsePump, StreamInterval
 
 
 class TritonPythonModel:
@@ -51,8 +51,12 @@ class TritonPythonModel:
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
         send_threads = int(params.get("send_threads", "0"))  # 0: the scheduler thread sends
         self.pump = ResponsePump(self._send, threads=send_threads) if send_threads else None
-        self.scheduler = Scheduler(self.engine, self.tokenizer, self.pump.put if self.pump else self._send,
-                                   max_queue, self.observer, cancel_check_s=cancel_check_ms / 1e3)
+        emit = self.pump.put if self.pump else self._send
+        interval = int(params.get("stream_interval", "1"))  # tokens per response after the first
+        if interval > 1:
+            emit = StreamInterval(emit, interval).put
+        self.scheduler = Scheduler(self.engine, self.tokenizer, emit, max_queue, self.observer,
+                                   cancel_check_s=cancel_check_ms / 1e3)
         self.scheduler.start()
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
