@@ -28,6 +28,9 @@ from llmprofiles.serving.llm import BadRequest
 from llmprofiles.serving.pump import ResponsePump, StreamInterval
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 class TritonPythonModel:
     def initialize(self, args):
         if int(np.__version__.split(".")[0]) >= 2:  # refuse to load rather than answer with empty text
@@ -37,6 +40,10 @@ class TritonPythonModel:
                 "(text_output, finish_reason) empty under numpy 2. Install numpy<2 for the server (`make setup` "
                 "does), or start the server with STUB_PYTHON naming a Python whose numpy is < 2 (the stub "
                 "ignores PYTHONPATH; llmprofiles.serving.launcher.overlay_python makes one)")
+        # A thread that wants the GIL back (the scheduler after a GPU wait, a sender after its round trip) waits up
+        # to the switch interval while another runs Python: 5 ms by default, which cut responses/s about 3x in
+        # bench/probes/response_rate.py. This stub serves only this model.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         config = json.loads(args["model_config"])
         # pb_utils' error codes exist only once the stub serves (not at import, during auto-complete).
         self.error_codes = {"invalid": pb_utils.TritonError.INVALID_ARG,
