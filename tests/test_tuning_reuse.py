@@ -39,7 +39,7 @@ def test_the_engine_static_compile_is_a_cache_hit_on_the_kept_attempt(wrapper, m
     assert PROFILE_SETS["multi"].names[0] == "decode" and DECODE.is_static
     monkeypatch.setattr(compiled, "replay_ms", lambda runner, replays=0: 1.0)  # no CUDA graph to time on CPU
     counters.clear()
-    artifacts, configs, record = compiled.tune_static_profile(wrapper, DECODE.min, torch.device("cpu"), 1)
+    artifacts, _, record = compiled.tune_static_profile(wrapper, DECODE.min, torch.device("cpu"), 1)
     # The attempt compiled the static profile (from an empty cache) and kept what it compiled.
     assert counters["inductor"]["fxgraph_cache_miss"] == 1 and counters["inductor"]["fxgraph_cache_hit"] == 0
     assert artifacts, "the tuning attempt saved no cache artifacts"

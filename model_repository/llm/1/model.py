@@ -12,10 +12,17 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from llmprofiles.runtimes.load import load_engine
-from llmprofiles.serving.llm import (INPUTS, LATENCY_BUCKETS_MS, BadRequest, RequestHandler, cut_message,
-                                     max_positions_of, warm_requests)
 from llmprofiles.profiles.selection import PARAMETER
+from llmprofiles.runtimes.load import load_engine
+from llmprofiles.serving.llm import (
+    INPUTS,
+    LATENCY_BUCKETS_MS,
+    BadRequest,
+    RequestHandler,
+    cut_message,
+    max_positions_of,
+    warm_requests,
+)
 
 
 def _inputs(request):
