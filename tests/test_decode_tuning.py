@@ -79,6 +79,7 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
         def __init__(self, wrapper, profiles, device):
             events.append("compile engine")
             self.runners = [f"runner-{i}" for i in range(len(profiles))]
+            self.compile_counts = [dict.fromkeys(compiled.COMPILE_COUNTERS, 0) for _ in profiles.names]
 
     def fake_tune(wrapper, shape, device, runs):
         events.append(f"tune {shape} x{runs}")

@@ -468,7 +468,7 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
         return [], {}
     runs = DEFAULT_TUNE_RUNS if tune_runs is None else tune_runs
     prepare(ctx.wrapper)
-    tuning, winners, pinned = {}, [], {}
+    tuning, kept = {}, {}  # per static profile: its record; its winner's (cache artifacts, launch configs)
     for i, name in enumerate(ctx.profiles.names):
         r = ctx.profiles.ranges(i)["input_ids"]
         if not r.is_static:
@@ -478,12 +478,12 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
         print(f"     {name}: replay ms per attempt "
               f"{[round(a['ms'], 4) if 'ms' in a else 'failed' for a in tuning[name]['attempts']]}, "
               f"kept attempt {tuning[name]['winner'] + 1}", flush=True)
-        winners.append((artifacts, configs))
-        pinned.update(configs)
+        kept[name] = (artifacts, configs)
+    pinned = {path: config for _, configs in kept.values() for path, config in configs.items()}
     # From an empty cache too: a lookup takes the first entry of a key that fits, so an older
     # entry of the same graph (an earlier build's) could win over the tuned one.
     with step("compile every profile on the GPU and save the compiler's cache artifacts"), fresh_compile_cache():
-        for artifacts, _ in winners:  # the tuned kernels, so the static compiles below are cache hits on them
+        for artifacts, _ in kept.values():  # the tuned kernels, so the static compiles below are cache hits on them
             if artifacts is not None:
                 torch.compiler.load_cache_artifacts(artifacts)
         pin_kernel_configs(pinned)  # and their launch configs, whatever the artifacts restored
@@ -491,27 +491,24 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
             engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
         now = kernel_configs()
         for i, name in enumerate(ctx.profiles.names):
-            if name in tuning:
-                _, configs = winners[list(tuning).index(name)]
-                tuning[name]["final_configs"] = compare_configs(configs, now)
-                counts = getattr(engine, "compile_counts", None)
-                if counts is not None:
-                    tuning[name]["final_compile"] = counts[i]
-                    redone = {k: v for k, v in counts[i].items() if v and k != "fxgraph_cache_hit"}
-                    if redone or not counts[i]["fxgraph_cache_hit"]:
-                        log.warning("profile %r: the engine's compile did not only reuse the kept attempt's "
-                                    "artifacts: %s", name, counts[i])
-                tuning[name]["final_ms"] = final = replay_ms(engine.runners[i])
-                if abs(final - tuning[name]["winner_ms"]) > 0.05 * tuning[name]["winner_ms"]:
-                    log.warning("profile %r: the built engine replays in %.4f ms, the kept attempt in %.4f ms: "
-                                "its kernels may not have been reused", name, final, tuning[name]["winner_ms"])
+            if name not in tuning:
+                continue
+            counts = engine.compile_counts[i]
+            tuning[name]["final_configs"] = compare_configs(kept[name][1], now)
+            tuning[name]["final_compile"] = counts
+            if not counts["fxgraph_cache_hit"] or any(v for k, v in counts.items() if k != "fxgraph_cache_hit"):
+                log.warning("profile %r: the engine's compile did not only reuse the kept attempt's "
+                            "artifacts: %s", name, counts)
+            tuning[name]["final_ms"] = final = replay_ms(engine.runners[i])
+            if abs(final - tuning[name]["winner_ms"]) > 0.05 * tuning[name]["winner_ms"]:
+                log.warning("profile %r: the built engine replays in %.4f ms, the kept attempt in %.4f ms: "
+                            "its kernels may not have been reused", name, final, tuning[name]["winner_ms"])
         saved = torch.compiler.save_cache_artifacts()
-        extra = {"decode_tuning": tuning} if tuning else {}
-        written = []
-        if pinned:
-            (ctx.version_dir / KERNEL_CONFIGS).write_text(json.dumps(pinned, indent=1, sort_keys=True))
-            written.append(KERNEL_CONFIGS)
-        if saved is not None:
-            (ctx.version_dir / COMPILE_CACHE).write_bytes(saved[0])
-            written.insert(0, COMPILE_CACHE)
-    return written, extra
+    written = []
+    if saved is not None:
+        (ctx.version_dir / COMPILE_CACHE).write_bytes(saved[0])
+        written.append(COMPILE_CACHE)
+    if pinned:
+        (ctx.version_dir / KERNEL_CONFIGS).write_text(json.dumps(pinned, indent=1, sort_keys=True))
+        written.append(KERNEL_CONFIGS)
+    return written, {"decode_tuning": tuning} if tuning else {}
