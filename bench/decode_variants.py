@@ -47,6 +47,12 @@ VARIANTS = {
     # Longer pointwise chains (gelu(gate) * up) are stored once instead of recomputed by every program of the
     # reduction that reads them (down_proj's GEMV). Inductor's default threshold is 30 ops.
     "fused+gemv+cdt+sqa+realize": (True, True, True, {**CDT, "realize_opcount_threshold": 8}),
+    # Coordinate descent that tries every direction and two steps at a time: a wider search for each kernel's
+    # launch config, so less left to the order of the benchmarks (the spread between compiles, issue 12).
+    "fused+gemv+cdt+sqa+wide": (True, True, True, {**CDT, "coordinate_descent_check_all_directions": True,
+                                                   "coordinate_descent_search_radius": 2}),
+    # Nodes fused even when they share no buffer (e.g. a norm's reduction beside the GEMV that reads its input).
+    "fused+gemv+cdt+sqa+aggr": (True, True, True, {**CDT, "aggressive_fusion": True}),
 }
 
 

@@ -15,6 +15,11 @@ Phases (each fits one 10-minute GPU call; state is saved between them):
   of requests cancelled mid-stream: errors, memory drift, slots free at the end;
 - ``anchor``: HF ``generate`` with ``cache_implementation="static"`` in-process,
   time per decoded token from two generation lengths;
+- ``stream``: an A/B of the ``stream_interval`` parameter (tokens per streamed
+  response after the first): a fresh server per interval, over a copy of the
+  build's ``config.pbtxt`` with only that value changed, driven by
+  ``client/generate.py`` at ``--stream-concurrency``. Interval 1 is the
+  ``triton`` phase's row at that concurrency;
 - ``report``: the .md/.json/.png from the saved state.
 
 Writes ``<out-dir>/<date>-<gpu>-generate.{md,json,png}``; the last stdout line is JSON.
@@ -40,6 +45,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,7 +62,7 @@ import torch
 from llmprofiles.loadgen import latency_summary
 from llmprofiles.manifest import read_manifest
 
-PHASES = ("engine", "triton", "load", "anchor")
+PHASES = ("engine", "triton", "load", "anchor", "stream")
 PROMPT_LEN = 128
 OUTPUT_TOKENS = 128
 MEMORY_HEADROOM = 0.15  # GPU memory target: weights + KV pool + at most 15%
@@ -68,11 +74,11 @@ WORK = Path("bench/tmp/generate")  # server log, perf_analyzer inputs, exports a
 FULL = dict(decode_iters=200, decode_warmup=20, prefill_iters=50, gap_rounds=3, correctness_n=100, hf_batch=25,
             concurrency=[1, 8, 32, 64], sweep_seconds=25.0, sweep_requests=4, steady_repeats=5,
             perf_interval_ms=8000, load_seconds=300.0, load_concurrency=64, anchor_batches=[1, 16, 64],
-            anchor_lengths=[72, 8], anchor_reps=3)
+            anchor_lengths=[72, 8], anchor_reps=3, stream_intervals=[4, 8], stream_concurrency=64)
 QUICK = dict(decode_iters=20, decode_warmup=3, prefill_iters=10, gap_rounds=1, correctness_n=8, hf_batch=4,
              concurrency=[1, 2], sweep_seconds=None, sweep_requests=2, steady_repeats=3,
              perf_interval_ms=2000, load_seconds=10.0, load_concurrency=4, anchor_batches=[1, 2],
-             anchor_lengths=[24, 8], anchor_reps=2)
+             anchor_lengths=[24, 8], anchor_reps=2, stream_intervals=[2], stream_concurrency=2)
 
 
 def ints(text: str) -> list[int]:
@@ -471,15 +477,43 @@ class GrpcStream:
             self.client.close()
 
 
+STREAM_INTERVAL_PARAM = re.compile(r'(key:\s*"stream_interval",\s*value:\s*\{\s*string_value:\s*")(\d+)(")')
+
+
+def with_stream_interval(config: str, interval: int) -> str:
+    """``config.pbtxt`` text with its ``stream_interval`` parameter set to ``interval``; nothing else changes.
+
+    >>> with_stream_interval('{ key: "stream_interval", value: { string_value: "1" } }', 8)
+    '{ key: "stream_interval", value: { string_value: "8" } }'
+    """
+    text, n = STREAM_INTERVAL_PARAM.subn(lambda m: f"{m[1]}{interval}{m[3]}", config)
+    if n != 1:
+        raise RuntimeError(f"the build's config.pbtxt has {n} stream_interval parameters, expected 1: rebuild it")
+    return text
+
+
 @contextlib.contextmanager
-def serving(a, vocab: int):
-    """tritonserver over a repository holding only ``generate`` (a link to the build)."""
+def serving(a, vocab: int, stream_interval: int | None = None):
+    """tritonserver over a repository holding only ``generate`` (a link to the build).
+
+    With ``stream_interval``, ``generate`` is a folder holding a copy of the build's ``config.pbtxt`` with that
+    interval and links to everything else of the build.
+    """
     from llmprofiles.serving.launcher import TritonServer, overlay_python
 
     tmp = WORK
     tmp.mkdir(parents=True, exist_ok=True)
     repo = Path(tempfile.mkdtemp(prefix="generate-repo-", dir=tmp))
-    (repo / "generate").symlink_to((a.repo / "generate").resolve())
+    built = (a.repo / "generate").resolve()
+    if stream_interval is None:
+        (repo / "generate").symlink_to(built)
+    else:
+        (repo / "generate").mkdir()
+        for item in built.iterdir():
+            if item.name != "config.pbtxt":
+                (repo / "generate" / item.name).symlink_to(item)
+        config = with_stream_interval((built / "config.pbtxt").read_text(), stream_interval)
+        (repo / "generate" / "config.pbtxt").write_text(config)
     server = TritonServer([repo], a.port_base, a.port_base + 1, a.port_base + 2, work=tmp / "triton",
                           log_path=tmp / "server.log", ready_timeout_s=900)
     # The server's Python must have numpy < 2 (BYTES outputs): a numpy-1.26 folder first on its PYTHONPATH.
@@ -561,13 +595,13 @@ def last_json_line(text: str) -> dict | None:
     return None
 
 
-def run_client(server, a, concurrency: int, vocab: int) -> dict:
+def run_client(server, a, concurrency: int, vocab: int, tag: str = "") -> dict:
     """client/generate.py at one concurrency, as a user runs it; its JSON summary."""
     cmd = client_command(server, a, concurrency, vocab)
     print(f"$ {' '.join(cmd)}", flush=True)
     limit = (a.sweep_seconds or 0) + 600
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-    (WORK / f"client_c{concurrency}.log").write_text(p.stdout + p.stderr)
+    (WORK / f"client{tag}_c{concurrency}.log").write_text(p.stdout + p.stderr)
     result = last_json_line(p.stdout)
     if result is None:
         raise RuntimeError(f"client/generate.py exited {p.returncode} without a JSON line; stderr:\n{p.stderr[-2000:]}")
@@ -704,6 +738,26 @@ def phase_triton(a, state: dict) -> dict:
             out["perf_analyzer"][str(c)] = run_perf_analyzer(binary, server, a, c, vocab)
             print(f"perf_analyzer c={c}: {json.dumps(out['perf_analyzer'][str(c)])[:300]}", flush=True)
         out["gauges_end"] = server_gauges(server)
+    return out
+
+
+def phase_stream(a, state: dict) -> dict:
+    """The stream_interval A/B: a fresh server per interval, client/generate.py at one concurrency."""
+    vocab = read_manifest(a.repo / "generate" / "1", verify=False)["vocab_size"]
+    out: dict = {"concurrency": a.stream_concurrency, "intervals": {}}
+    for interval in a.stream_intervals:
+        with serving(a, vocab, stream_interval=interval) as server:
+            result = run_client(server, a, a.stream_concurrency, vocab, tag=f"_interval{interval}")
+            f = client_figures(result) | {"startup_s": server.startup_s,
+                                          "command": " ".join(client_command(server, a, a.stream_concurrency, vocab))}
+            if not f["ttft"]:
+                f["error"] = result.get("error", "no figures")
+            out["intervals"][str(interval)] = f
+            log = server.log_path.read_text(errors="replace")
+            (WORK / f"stream_interval_{interval}_server.log").write_text(log)
+            if f"stream_interval {interval}," not in log:  # the model says what it read at load
+                f["error"] = f"the server's log does not show stream_interval {interval}: the A/B did not take"
+        print(f"stream_interval {interval} at c={a.stream_concurrency}: {json.dumps(f)[:400]}", flush=True)
     return out
 
 
@@ -1025,6 +1079,21 @@ def report(state: dict) -> str:
                                 for w in ("memory_start", "memory_end"))]
                           for k, key in (("server host RSS (tree)", "host_rss_bytes"), ("GPU used", "gpu_used_bytes"))]),
                   "", f"Gauges at the end: {load['gauges_end']}", ""]
+    stream = state.get("stream")
+    if stream and stream.get("intervals"):
+        c = str(stream["concurrency"])
+        runs = {"1": (tri or {}).get("client", {}).get(c), **stream["intervals"]}
+        rows = [[k, fmt(r["output_tokens_per_s"], 0), fmt(r["ttft"]["p50_ms"]), fmt(r["ttft"]["p99_ms"]),
+                 fmt(r["itl"]["p50_ms"]), fmt(r["itl"]["p99_ms"]), f"{r['errors']}/{r['count']}",
+                 "triton phase" if k == "1" else "stream phase"]
+                for k, r in sorted(runs.items(), key=lambda kv: int(kv[0])) if r and r.get("ttft")]
+        lines += [f"## Stream interval A/B at concurrency {c}", "",
+                  "`stream_interval` in `config.pbtxt`: a request's first token is sent alone, then one response per "
+                  "that many tokens; the rest leaves with the final response. A fresh server per interval, "
+                  "`client/generate.py` over gRPC streaming; its ITL is per token (a response's gap divided over the "
+                  "tokens it carries). Interval 1 is the triton phase's row (the product's default).", "",
+                  *table(["interval", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
+                  *(f"- interval {k}: {r['error']}" for k, r in stream["intervals"].items() if r.get("error")), ""]
     if anchor and anchor.get("batches"):
         rows = []
         for b, r in sorted(anchor["batches"].items(), key=lambda kv: int(kv[0])):
@@ -1159,6 +1228,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="a folder the server's backend stub imports first (numpy < 2 for BYTES outputs), through a venv "
                           "over this Python (the stub ignores PYTHONPATH)")
     tri.add_argument("--port-base", type=int, default=18700, help="HTTP port; gRPC and metrics take the next two")
+    stm = p.add_argument_group("stream phase")
+    stm.add_argument("--stream-intervals", type=ints, help="stream_interval values, one server each (full: 4,8)")
+    stm.add_argument("--stream-concurrency", type=int, help="client/generate.py concurrency (full: 64)")
     anc = p.add_argument_group("anchor phase")
     anc.add_argument("--anchor-batches", type=ints, help="HF generate batch sizes (full: 1,16,64)")
     anc.add_argument("--anchor-lengths", type=ints, help="two generation lengths, long,short (full: 72,8)")
@@ -1194,7 +1266,8 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps(state))
     error = None
     if a.phase in PHASES:
-        phase = {"engine": phase_engine, "triton": phase_triton, "load": phase_load, "anchor": phase_anchor}[a.phase]
+        phase = {"engine": phase_engine, "triton": phase_triton, "load": phase_load, "anchor": phase_anchor,
+                 "stream": phase_stream}[a.phase]
         state.setdefault("errors", {}).pop(a.phase, None)
         t0 = time.perf_counter()
         try:

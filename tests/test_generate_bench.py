@@ -255,3 +255,27 @@ def test_perf_analyzer_never_reads_an_earlier_runs_export(tmp_path, monkeypatch)
     out = gb.run_perf_analyzer(str(binary), SimpleNamespace(grpc_url="127.0.0.1:1"),
                                SimpleNamespace(perf_interval_ms=10), 64, 1000)
     assert not stale.exists() and "error" in out and "exit 0" in out["error"]
+
+
+def test_stream_interval_is_set_in_a_copy_of_the_config_and_nothing_else_changes():
+    from bench.generate_bench import with_stream_interval
+
+    config = ('parameters: [\n  { key: "send_threads", value: { string_value: "0" } },\n'
+              '  { key: "stream_interval", value: { string_value: "1" } }\n]\n')
+    changed = with_stream_interval(config, 8)
+    assert changed == config.replace('string_value: "1"', 'string_value: "8"')
+    with pytest.raises(RuntimeError, match="0 stream_interval parameters"):
+        with_stream_interval(config.replace("stream_interval", "other"), 8)
+
+
+def test_report_puts_the_stream_interval_runs_beside_the_triton_phases_row():
+    state = met_state()
+    state["stream"] = {"concurrency": 64, "intervals": {"4": client(30.0, 1.1, 6.0, 9_000.0),
+                                                         "8": {**client(30.0, 1.0, 5.0, 0.0), "ttft": None,
+                                                               "error": "no figures"}}}
+    md = report(state)
+    section = md.split("## Stream interval A/B at concurrency 64")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 4"]
+    assert "9,000" in rows[1] and "stream phase" in rows[1] and "triton phase" in rows[0]
+    assert "- interval 8: no figures" in section

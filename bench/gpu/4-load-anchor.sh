@@ -5,7 +5,10 @@
 source bench/gpu/env.sh
 (export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-anchor
  tmo 330 make bench-generate PY=python3 BENCH_ARGS="--phase anchor --state bench/tmp/anchor-state.json --out-dir bench/tmp/anchor" > "$LOG/gen_anchor.log" 2>&1; el anchor rc=$?
- tmo 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$LOG/gpu_tests_llm.log" 2>&1; el llm GPU tests rc=$?) & P0=$!
+ tmo 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$LOG/gpu_tests_llm.log" 2>&1; el llm GPU tests rc=$?
+ # With DV set (and device time to spare): decode compile variants side by side, e.g. DV=fused+gemv+cdt+sqa,fused+gemv+cdt+sqa+wide
+ if [ -n "${DV:-}" ]; then TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-dv tmo 400 python3 -m bench.decode_variants --model gemma-3-1b \
+   --variants "$DV" --out bench/tmp/decode_variants.json > "$LOG/decode_variants.log" 2>&1; el decode variants rc=$?; fi) & P0=$!
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
  tmo 420 make bench-generate PY=python3 BENCH_ARGS="--phase load --state $GEN_STATE --server-pythonpath /tmp/np1 --load-seconds ${LOAD_S:-300} --port-base 18800" > "$LOG/gen_load.log" 2>&1; el load rc=$?) & P1=$!
 wait $P0 $P1; finish

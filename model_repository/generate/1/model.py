@@ -67,7 +67,8 @@ class TritonPythonModel:
         self.scheduler.start()
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
-                                 f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}")
+                                 f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}, "
+                                 f"stream_interval {interval}, send_threads {send_threads}")
 
     def _warm_up(self):
         """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread."""
