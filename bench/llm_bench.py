@@ -638,13 +638,17 @@ def build_lines(builds: dict | None) -> list[str]:
             configs = t.get("final_configs")
             if configs:
                 final += f"; launch configs kept {configs['same']}/{configs['kept']}"
+            benches = (t.get("final_compile") or {}).get("coordesc_tuning_bench")
+            if benches is not None:
+                final += f"; {benches} coordinate-descent benchmarks in its compile"
             tuning.append(f"{name}: {times} (kept {t['winner'] + 1}{final})")
         served = (b.get("decode_at_load") or {}).get("multi") or {}
         if served.get("replay_ms") is not None:
             counts = served.get("compile") or {}
             retuned = counts.get("coordesc_tuning_bench", 0) + counts.get("select_algorithm_autotune", 0)
             tuning.append(f"served engine replay {served['replay_ms']:.3f}, "
-                          + ("re-tuned at load" if retuned or counts.get("fxgraph_cache_miss") else "reused at load"))
+                          + (f"re-tuned at load ({retuned} benchmarks)" if retuned
+                             else "compiled afresh at load" if counts.get("fxgraph_cache_miss") else "reused at load"))
         lines.append(f"| {label} | {b.get('date', '-')} | {m:.3f} | {s:.3f} | {speedup(s, m)} | "
                      f"{'; '.join(tuning) or 'not recorded'} |")
     lines += ["", f"Over {st['n']} build(s): multi {st['multi']['median_ms']:.3f} ms median, spread "

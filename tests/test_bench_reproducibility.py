@@ -58,11 +58,13 @@ def test_report_judges_decode_on_the_median_of_fresh_builds_and_their_spread():
     # What the served engine did at load: its replay, and whether it reused the build's launch configs.
     b1 = state["builds"]["1"]
     b1["decode_tuning"]["decode"]["final_configs"] = {"kept": 40, "same": 38, "changed": 2, "missing": 0}
+    b1["decode_tuning"]["decode"]["final_compile"] = {"fxgraph_cache_hit": 1, "coordesc_tuning_bench": 0}
     b1["decode_at_load"] = {"multi": {"replay_ms": 1.3712, "compile": {"fxgraph_cache_hit": 1, "coordesc_tuning_bench": 0}}}
     state["builds"]["2"]["decode_at_load"] = {"multi": {"replay_ms": 1.6, "compile": {"coordesc_tuning_bench": 12}}}
     md = report(state)[0]
-    assert "built engine 1.400; launch configs kept 38/40); served engine replay 1.371, reused at load |" in md
-    assert "served engine replay 1.600, re-tuned at load |" in md
+    assert ("built engine 1.400; launch configs kept 38/40; 0 coordinate-descent benchmarks in its compile); "
+            "served engine replay 1.371, reused at load |") in md
+    assert "served engine replay 1.600, re-tuned at load (12 benchmarks) |" in md
 
     state["builds"] = {"1": build(1.00, 3.2, "a"), "2": build(0.96, 3.0, "b")}
     v = verdicts(report(state)[0])

@@ -177,15 +177,67 @@ def test_pinning_refuses_paths_outside_the_cache_or_not_configs(bad):
         compiled.pin_kernel_configs({bad: {"XBLOCK": 1}})
 
 
-def test_a_kernel_whose_config_came_from_the_cache_is_not_tuned_again(monkeypatch):
-    """pytorch/pytorch#172819: torch 2.11 re-ran coordinate descent on cached configs at every load."""
-    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+class FakeConfig:
+    """What inductor reads of a Triton launch config (triton is not installed on the CPU machine)."""
 
-    monkeypatch.setattr(CachingAutotuner, "coordinate_descent_tuning", lambda self, launcher, *a, **k: "re-tuned")
-    hit, miss = (SimpleNamespace(autotune_cache_info={"autotune_cache_state": s}) for s in ("hit", "miss"))
-    bare = SimpleNamespace()  # an autotuner without the record (older torch): tuned as before
-    with compiled.cached_configs_final():
-        assert CachingAutotuner.coordinate_descent_tuning(hit, "cached launcher") == "cached launcher"
-        assert CachingAutotuner.coordinate_descent_tuning(miss, "launcher") == "re-tuned"
-        assert CachingAutotuner.coordinate_descent_tuning(bare, "launcher") == "re-tuned"
-    assert CachingAutotuner.coordinate_descent_tuning(hit, "cached launcher") == "re-tuned"  # restored on exit
+    def __init__(self, kwargs, num_warps=4, num_stages=1):
+        self.kwargs, self.num_warps, self.num_stages = dict(kwargs), num_warps, num_stages
+
+
+def restored_kernel(filename, *configs):
+    """A kernel as an FX graph cache hit restores it: its candidates compiled, its file name from the build."""
+    return SimpleNamespace(filename=filename, compile_results=[SimpleNamespace(config=c) for c in configs],
+                           inductor_meta={"coordinate_descent_tuning": True}, save_cache_hook="the build's hook",
+                           fn=SimpleNamespace(fn=object()), _precompile_config=lambda c: SimpleNamespace(config=c))
+
+
+def keep_config(filename, configs, config, found_by_coordesc=True):
+    """Write ``config`` where inductor looks for the tuned config of the kernel at ``filename``."""
+    from torch._inductor.runtime.autotune_cache import AutotuneCache
+    from torch._inductor.runtime.triton_heuristics import hash_configs
+
+    cache = AutotuneCache.create({}, filename, hash_configs(configs))
+    path = Path(cache.local_cache[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages,
+                                "configs_hash": hash_configs(configs), "found_by_coordesc": found_by_coordesc}))
+
+
+def test_a_restored_kernel_reads_its_tuned_config_from_this_cache_and_keeps_it(monkeypatch):
+    """The build's final compile and every load ran coordinate descent again on the H200 (torch 2.11): each restored
+    kernel looked for its tuned config under the temp dir of the compile that made it, and a hit lost its mark."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.runtime import autotune_cache, triton_heuristics as th
+    from torch._inductor.runtime.runtime_utils import cache_dir
+
+    monkeypatch.setattr(autotune_cache, "Config", FakeConfig)
+    original = th.CachingAutotuner.recheck_autotune_cache
+    small, large = FakeConfig({"XBLOCK": 32}), FakeConfig({"XBLOCK": 64}, num_warps=8)
+    counters.clear()
+    with compiled.fresh_compile_cache(), compiled.cached_configs_final():
+        recheck = th.CachingAutotuner.recheck_autotune_cache
+        here = Path(cache_dir())
+        kept = restored_kernel("/tmp/a-gone-attempt-dir/ab/cabc123.py", small, large)
+        keep_config(str(here / "ab" / "cabc123.py"), [small, large], large)
+        recheck(kept, reload_kernel_from_src=None)
+        assert kept.filename == str(here / "ab" / "cabc123.py")  # looked up here, not in the gone dir
+        assert [r.config for r in kept.compile_results] == [large]
+        assert large.found_by_coordesc  # so coordinate descent leaves it alone
+        assert kept.autotune_cache_info["autotune_cache_state"] == "hit"
+        assert kept.save_cache_hook != "the build's hook"  # a later re-tune is saved here too
+
+        missed = restored_kernel("/tmp/a-gone-attempt-dir/cd/cdef456.py", small, large)
+        recheck(missed, reload_kernel_from_src=None)
+        assert [r.config for r in missed.compile_results] == [small, large]  # tuned as usual
+        assert missed.autotune_cache_info["autotune_cache_state"] == "miss"
+
+        # One candidate, and coordinate descent had found a config outside the candidates: that one is compiled.
+        start, found = FakeConfig({"R0_BLOCK": 8}), FakeConfig({"R0_BLOCK": 64}, num_warps=2)
+        single = restored_kernel("/tmp/a-gone-attempt-dir/ef/cfff789.py", start)
+        keep_config(str(here / "ef" / "cfff789.py"), [start], found)
+        recheck(single, reload_kernel_from_src=None)
+        (result,) = single.compile_results
+        assert result.config.kwargs == {"R0_BLOCK": 64} and result.config.num_warps == 2
+        assert result.config.found_by_coordesc
+    assert counters["inductor"]["kernel_config_hit"] == 2 and counters["inductor"]["kernel_config_miss"] == 1
+    assert th.CachingAutotuner.recheck_autotune_cache is original  # restored on exit

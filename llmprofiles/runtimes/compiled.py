@@ -128,7 +128,7 @@ def compile_static(wrapper: torch.nn.Module) -> Callable:
 # cache hit reuses the graph's kernels and compile-time choices (matmul templates); launch
 # configs tuned at run time (coordinate descent) are reused when no coordesc benchmark ran.
 COMPILE_COUNTERS = ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass",
-                    "select_algorithm_autotune", "coordesc_tuning_bench")
+                    "select_algorithm_autotune", "coordesc_tuning_bench", "kernel_config_hit", "kernel_config_miss")
 
 
 def compile_counts() -> dict[str, int]:
@@ -385,30 +385,63 @@ def pin_kernel_configs(configs: dict[str, dict]) -> int:
 
 @contextmanager
 def cached_configs_final():
-    """While compiling from saved artifacts: a kernel whose launch config came from the cache keeps it.
+    """While compiling from saved artifacts: every kernel reads its launch config from this cache, and keeps it.
 
-    Works around pytorch/pytorch#172819 (torch 2.11 on the H200 machine): a kernel loaded from the
-    FX graph cache loses the ``found_by_coordesc`` mark of its cached config, so coordinate descent
-    runs again at its first call and may pick another config. Measured on two fresh builds
-    (2026-11-30): 84-92 coordinate-descent benchmarks in the build's final compile and 32-41 at
-    each load, although every kernel's config came from the cache; the built engines replayed
-    decode in 1.20 and 1.76 ms against 1.46 and 1.12 ms for the compiles they were built from.
-    Kernels that missed the cache are tuned as usual. Harmless where torch has the fix.
+    On an FX graph cache hit, inductor restores each kernel as a pickled autotuner and looks up its tuned
+    config (``.best_config``) beside the kernel's file name *as it was when the kernel was compiled*: a
+    temp cache dir of the build's winning attempt, long gone. Measured on the H200 (torch 2.11,
+    2026-11-30): the build's final compile missed every kernel and ran coordinate descent again (79-86
+    benchmarks), saving what it found under that stale path; loads then hit those files or not (0 and
+    12 benchmarks), and the built engines replayed 6-12% slower than the compiles they kept. torch 2.11
+    also drops a cached config's ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was
+    tuned again, and it ignores the cache for a kernel with one candidate config.
+
+    This wraps ``CachingAutotuner.recheck_autotune_cache`` (the lookup on a cache hit): the kernel's path
+    is re-rooted into the current cache dir, where the artifacts and :func:`pin_kernel_configs` put the
+    kept configs; a config found there is kept with its mark, so coordinate descent skips it; a re-tune
+    after a miss is saved there. Counts ``kernel_config_hit`` and ``kernel_config_miss`` in inductor's
+    counters (see COMPILE_COUNTERS). A torch without that method is left alone.
     """
-    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    import os
 
-    original = CachingAutotuner.coordinate_descent_tuning
+    from torch._dynamo.utils import counters
+    from torch._inductor.runtime import triton_heuristics as th
+    from torch._inductor.runtime.runtime_utils import cache_dir, triton_config_to_hashable
 
-    def tune(self, launcher, *args, **kwargs):
-        if (getattr(self, "autotune_cache_info", None) or {}).get("autotune_cache_state") == "hit":
-            return launcher
-        return original(self, launcher, *args, **kwargs)
+    original = getattr(th.CachingAutotuner, "recheck_autotune_cache", None)
+    if original is None or not hasattr(th, "check_autotune_cache"):
+        yield
+        return
 
-    CachingAutotuner.coordinate_descent_tuning = tune
+    def recheck(self, reload_kernel_from_src):
+        if self.filename:
+            self.filename = os.path.join(cache_dir(), *Path(self.filename).parts[-2:])
+        configs = [r.config for r in self.compile_results]
+        cached, cache, self.autotune_cache_info = th.check_autotune_cache(configs, self.filename, self.inductor_meta)
+        if cache is not None:
+            self.save_cache_hook = cache.save
+        hit = self.autotune_cache_info.get("autotune_cache_state") == "hit"
+        counters["inductor"]["kernel_config_hit" if hit else "kernel_config_miss"] += 1
+        if not hit:
+            log.warning("kernel %s: no tuned launch config in the cache; it is tuned again", self.filename)
+            return
+        best = cached[0]
+        found = getattr(best, "found_by_coordesc", False)
+        key = triton_config_to_hashable(best)
+        for result in self.compile_results:
+            if triton_config_to_hashable(result.config) == key:
+                result.config.found_by_coordesc = found
+                self.compile_results = [result]
+                return
+        if self.fn.fn is None:  # a config coordinate descent found outside the candidates: compile it now
+            self.fn = reload_kernel_from_src().fn
+        self.compile_results = [self._precompile_config(best)]
+
+    th.CachingAutotuner.recheck_autotune_cache = recheck
     try:
         yield
     finally:
-        CachingAutotuner.coordinate_descent_tuning = original
+        th.CachingAutotuner.recheck_autotune_cache = original
 
 
 def compare_configs(kept: dict[str, dict], now: dict[str, dict]) -> dict[str, int]:
@@ -459,7 +492,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     and ``final_ms``, the replay of the engine compiled after loading the winner's
     artifacts: it should equal ``winner_ms`` within noise, or the winner was not reused.
     ``final_compile`` has that profile's COMPILE_COUNTERS in the engine: a pure reuse is
-    one fxgraph_cache_hit and nothing else (no miss, no bypass, no autotune benchmark).
+    one fxgraph_cache_hit, a kernel_config_hit per tuned kernel and nothing else (no miss, no
+    bypass, no autotune or coordinate-descent benchmark).
     ``final_configs`` compares the winner's kernel launch configs with the cache's after
     that compile (all ``same`` when they were reused). The winner's configs are saved as
     ``kernel_configs.json`` and pinned again when the engine is loaded.
@@ -496,7 +530,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
             counts = engine.compile_counts[i]
             tuning[name]["final_configs"] = compare_configs(kept[name][1], now)
             tuning[name]["final_compile"] = counts
-            if not counts["fxgraph_cache_hit"] or any(v for k, v in counts.items() if k != "fxgraph_cache_hit"):
+            if not counts["fxgraph_cache_hit"] or any(v for k, v in counts.items()
+                                                        if k not in ("fxgraph_cache_hit", "kernel_config_hit")):
                 log.warning("profile %r: the engine's compile did not only reuse the kept attempt's "
                             "artifacts: %s", name, counts)
             tuning[name]["final_ms"] = final = replay_ms(engine.runners[i])
