@@ -224,6 +224,14 @@ def time_prefill(engine, length: int, iters: int, warmup: int, sync, rng: np.ran
             "replay_ms": replay_gpu_ms(engine, index, length, iters)}
 
 
+def memory_now(device: torch.device) -> dict | None:
+    """PyTorch's allocated and reserved bytes on ``device`` now (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return {"allocated_bytes": torch.cuda.memory_allocated(device), "reserved_bytes": torch.cuda.memory_reserved(device)}
+
+
 def weight_bytes(engine) -> int:
     """Bytes of the engine's weights, each storage once (lm_head may be the embedding)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in engine.forward.w.values()}
@@ -360,7 +368,9 @@ def phase_engine(a, state: dict) -> dict:
     t0 = time.perf_counter()
     engine = load_generation_engine(version_dir, device)
     load_s = time.perf_counter() - t0
+    stages = {"after_load": memory_now(device)}  # where the memory beyond weights and KV goes, by stage
     warm = engine.warm_up()
+    stages["after_warm_up"] = memory_now(device)
     print(f"engine loaded in {load_s:.1f} s, warm-up {sum(warm):.1f} s ({len(warm)} profiles)", flush=True)
     tokenizer = Tokenizer(version_dir)
     spec = engine.spec
@@ -387,6 +397,9 @@ def phase_engine(a, state: dict) -> dict:
                    "max_reserved_bytes": torch.cuda.max_memory_reserved(device)}
         for key in ("allocated", "reserved"):
             memory[f"rest_{key}_bytes"] = memory[f"max_{key}_bytes"] - memory["weights_bytes"] - memory["kv_bytes"]
+        stages["after_timing"] = memory_now(device)
+        memory["stages"] = {k: {"allocated_bytes": r["allocated_bytes"] - base, "reserved_bytes": r["reserved_bytes"]}
+                            for k, r in stages.items()}
     print(f"memory: {json.dumps(memory)}", flush=True)
     dtype = getattr(torch, read_manifest(version_dir, verify=False)["dtype"])
     hf = load_hf(version_dir, dtype, device)
@@ -1046,6 +1059,12 @@ def report(state: dict) -> str:
                                                    f"{mem['max_reserved_bytes'] / 2**20:,.0f}"]]
         lines += ["GPU memory of the engine (PyTorch's counters, after every bucket and the scheduler ran; the "
                   "CUDA context is not included):", "", *table(["what", "MiB"], rows), ""]
+        if mem.get("stages"):
+            lines += ["By stage (allocated beyond what was allocated before the load; reserved in all):", "",
+                      *table(["stage", "allocated MiB", "reserved MiB"],
+                             [[k.replace("_", " "), f"{(r or {}).get('allocated_bytes', 0) / 2**20:,.0f}",
+                               f"{(r or {}).get('reserved_bytes', 0) / 2**20:,.0f}"]
+                              for k, r in mem["stages"].items() if r]), ""]
         gr = eng["greedy"]
         rest = (f"; the others first differ at tokens {gr['first_divergence']} (median "
                 f"{fmt(gr['median_first_divergence'], 1)})" if gr["first_divergence"] else "")

@@ -279,3 +279,14 @@ def test_report_puts_the_stream_interval_runs_beside_the_triton_phases_row():
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 4"]
     assert "9,000" in rows[1] and "stream phase" in rows[1] and "triton phase" in rows[0]
     assert "- interval 8: no figures" in section
+
+
+def test_report_breaks_the_engines_memory_down_by_stage():
+    state = met_state()
+    mib = 2**20
+    state["engine"]["memory"]["stages"] = {
+        "after_load": {"allocated_bytes": 5000 * mib, "reserved_bytes": 5100 * mib},
+        "after_warm_up": {"allocated_bytes": 5400 * mib, "reserved_bytes": 5800 * mib}}
+    md = report(state)
+    assert "| after load | 5,000 | 5,100 |" in md and "| after warm up | 5,400 | 5,800 |" in md
+    assert "By stage" not in report(met_state())
