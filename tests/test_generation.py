@@ -584,3 +584,10 @@ def test_weights_moved_to_the_device_once_each_and_a_tied_lm_head_stays_the_embe
     assert all(t.device.type == "meta" for t in moved.values())
     assert moved["lm_head"] is moved["embed"] and moved["norm"] is not moved["embed"]
     assert moved["embed"].shape == (4, 2) and moved["norm"].shape == (3,)
+
+
+def test_ints_reach_the_device_as_int64_with_their_values():
+    from llmprofiles.generation.sampler import device_ints
+
+    t = device_ints([[0, 2], [7, 9]], torch.device("cpu"))
+    assert t.dtype == torch.int64 and t.tolist() == [[0, 2], [7, 9]]

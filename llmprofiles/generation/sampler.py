@@ -40,6 +40,18 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def device_ints(values: list, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values)`` (int64) on ``device``, without waiting for the device.
+
+    ``torch.tensor(values, device="cuda")`` copies from pageable memory and synchronizes the stream, so the
+    host waits for every step already launched: decode's overlap of host work with the next step is lost.
+    Through pinned memory the copy is queued like the step's other work.
+    """
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    return torch.tensor(values, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            banned: list[int | None]) -> list[int]:
     """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens)."""
@@ -52,7 +64,7 @@ def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators
     logits = logits.to(torch.float32, copy=True)  # banned tokens are written in place
     rows = [i for i, token in enumerate(banned) if token is not None]
     if rows:  # one write for the batch: a write per row costs a kernel launch per row on the GPU
-        index = torch.tensor([rows, [banned[i] for i in rows]], device=logits.device)
+        index = device_ints([rows, [banned[i] for i in rows]], logits.device)
         logits[index[0], index[1]] = float("-inf")
     out = logits.argmax(dim=-1)
     for i, p in enumerate(params):

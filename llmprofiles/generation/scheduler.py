@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from llmprofiles.generation.detokenizer import IncrementalDetokenizer, add_each
-from llmprofiles.generation.sampler import SamplingParams, generator_for, sample, sample_tensor
+from llmprofiles.generation.sampler import SamplingParams, device_ints, generator_for, sample, sample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -367,16 +367,18 @@ class Scheduler:
             return [s.generated[-1] for s in group]
         if len(self._flights) == 1 and [id(s) for s in self._flights[0].group] == [id(s) for s in group]:
             return self._flights[0].tokens  # the same rows in the same order: the steady state
-        tokens = torch.empty(len(group), dtype=torch.int64, device=self.engine.device)
+        # Indices and values reach the device through device_ints: nothing here may wait for the steps in flight.
+        device = self.engine.device
+        tokens = torch.empty(len(group), dtype=torch.int64, device=device)
         on_host = [i for i, s in enumerate(group) if not s.in_flight]
         if on_host:
-            tokens[on_host] = torch.tensor([group[i].generated[-1] for i in on_host], device=self.engine.device)
+            tokens[device_ints(on_host, device)] = device_ints([group[i].generated[-1] for i in on_host], device)
         for flight in self._flights:
             row_of = {id(s): r for r, s in enumerate(flight.group)}
             pairs = [(i, row_of[id(s)]) for i, s in enumerate(group) if s.in_flight and id(s) in row_of]
             if pairs:
                 dst, src = zip(*pairs)
-                tokens[list(dst)] = flight.tokens[list(src)]
+                tokens[device_ints(list(dst), device)] = flight.tokens[device_ints(list(src), device)]
         return tokens
 
     def _accept(self, group: list[Sequence], logits: torch.Tensor, first: bool) -> None:
