@@ -248,8 +248,9 @@ def step_intervals_ms(events: list[tuple[float, int, int]], index: int, batch: i
             if a[1] == b[1] == index and a[2] == b[2] == batch]
 
 
-def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Generator) -> dict:
-    """The real Scheduler at full batch (no-op emit): wall per decode step against the engine's step alone.
+def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Generator, batch: int | None = None) -> dict:
+    """The real Scheduler at ``batch`` streams (default: full batch; no-op emit): wall per decode step against
+    the engine's step alone.
 
     A decode step's wall time in the loop spans sampling (which waits for the GPU),
     detokenizing, emitting, scheduling and the next launch; minus the GPU time of
@@ -264,7 +265,7 @@ def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Genera
         def step(self, profile_index: int, tokens: int) -> None:
             self.events.append((time.perf_counter(), profile_index, tokens))
 
-    batch = engine.spec.max_batch
+    batch = batch or engine.spec.max_batch
     index = engine.select(batch, 1)
     clock = StepClock()
     sched = Scheduler(engine, tokenizer, lambda out: None, max_queue=batch, observer=clock)
@@ -387,9 +388,11 @@ def phase_engine(a, state: dict) -> dict:
     for n in spec.prefill_buckets:
         prefill[str(n)] = time_prefill(engine, n, a.prefill_iters, max(1, a.decode_warmup // 4), sync, rng)
         print(f"prefill {n}: p50 {prefill[str(n)]['call_ms']['p50_ms']:.3f} ms", flush=True)
-    gap = host_gap(engine, tokenizer, decode, a.gap_rounds, rng)
-    print(f"host gap at batch {gap['concurrency']}: step wall p50 {gap['step_wall_ms']['p50_ms']:.3f} ms vs GPU "
-          f"{gap['gpu_step_p50_ms']:.3f} ms -> gap {gap['host_gap_ms']:.3f} ms", flush=True)
+    gaps = {b: host_gap(engine, tokenizer, decode, a.gap_rounds, rng, batch=b) for b in (spec.max_batch, 1)}
+    for g in gaps.values():
+        print(f"host gap at batch {g['concurrency']}: step wall p50 {g['step_wall_ms']['p50_ms']:.3f} ms vs GPU "
+              f"{g['gpu_step_p50_ms']:.3f} ms -> gap {g['host_gap_ms']:.3f} ms", flush=True)
+    gap = gaps[spec.max_batch]
     memory = {"weights_bytes": weight_bytes(engine), "kv_bytes": engine.kv_bytes}
     if cuda:  # before the HF model is loaded for the correctness check
         sync()
@@ -407,7 +410,7 @@ def phase_engine(a, state: dict) -> dict:
     print(f"greedy vs HF: {greedy['identical']}/{greedy['prompts']} identical over {greedy['tokens']} tokens",
           flush=True)
     return {"load_s": load_s, "warm_up_s": warm, "profiles": list(engine.profiles.names), "decode": decode,
-            "prefill": prefill, "host_gap": gap, "memory": memory, "greedy": greedy,
+            "prefill": prefill, "host_gap": gap, "host_gap_b1": gaps[1], "memory": memory, "greedy": greedy,
             "spec": spec.to_dict(), "dtype": str(dtype).replace("torch.", "")}
 
 
@@ -1050,6 +1053,12 @@ def report(state: dict) -> str:
                   f"{fmt(g['host_gap_ms'], 3)} ms per step** for sampling, detokenizing, emitting and scheduling; the "
                   f"engine call alone is {fmt(g['engine_call_p50_ms'], 3)} ms. In-process throughput "
                   f"{fmt(g['tokens_per_s'], 0)} tokens/s, prefill included.", ""]
+        g1 = eng.get("host_gap_b1")
+        if g1:
+            lines += [f"The same with one stream: wall per step p50 {fmt(g1['step_wall_ms']['p50_ms'], 3)} ms against "
+                      f"{fmt(g1['gpu_step_p50_ms'], 3)} ms for the step alone: the device waits "
+                      f"{fmt(g1['host_gap_ms'], 3)} ms per step for the host. Concurrency 1's ITL through Triton cannot be "
+                      "below this wall per step.", ""]
         mem = eng["memory"]
         rows = [["weights", f"{mem['weights_bytes'] / 2**20:,.0f}"], ["KV pool (declared)", f"{mem['kv_bytes'] / 2**20:,.0f}"]]
         if "max_reserved_bytes" in mem:

@@ -290,3 +290,14 @@ def test_report_breaks_the_engines_memory_down_by_stage():
     md = report(state)
     assert "| after load | 5,000 | 5,100 |" in md and "| after warm up | 5,400 | 5,800 |" in md
     assert "By stage" not in report(met_state())
+
+
+def test_report_gives_the_host_gap_of_one_stream_beside_the_full_batch():
+    state = met_state()
+    state["engine"]["host_gap_b1"] = {**state["engine"]["host_gap"], "concurrency": 1,
+                                      "step_wall_ms": summary(2.9, 3.1), "gpu_step_p50_ms": 1.82,
+                                      "host_gap_ms": 1.08}
+    md = report(state)
+    assert ("The same with one stream: wall per step p50 2.900 ms against 1.820 ms for the step alone: "
+            "the device waits 1.080 ms per step for the host.") in md
+    assert "The same with one stream" not in report(met_state())
