@@ -203,7 +203,7 @@ def keep_config(filename, configs, config, found_by_coordesc=True):
                                 "configs_hash": hash_configs(configs), "found_by_coordesc": found_by_coordesc}))
 
 
-def test_a_restored_kernel_reads_its_tuned_config_from_this_cache_and_keeps_it(monkeypatch):
+def test_a_restored_kernel_reads_its_tuned_config_from_this_cache_and_keeps_it(monkeypatch, caplog):
     """The build's final compile and every load ran coordinate descent again on the H200 (torch 2.11): each restored
     kernel looked for its tuned config under the temp dir of the compile that made it, and a hit lost its mark."""
     from torch._dynamo.utils import counters
@@ -239,5 +239,13 @@ def test_a_restored_kernel_reads_its_tuned_config_from_this_cache_and_keeps_it(m
         (result,) = single.compile_results
         assert result.config.kwargs == {"R0_BLOCK": 64} and result.config.num_warps == 2
         assert result.config.found_by_coordesc
+        # One candidate and no coordinate descent: nothing to look up, nothing to tune, not a miss.
+        plain = restored_kernel("/tmp/a-gone-attempt-dir/01/c0123.py", start)
+        plain.inductor_meta = {}
+        recheck(plain, reload_kernel_from_src=None)
+        assert [r.config for r in plain.compile_results] == [start]
     assert counters["inductor"]["kernel_config_hit"] == 2 and counters["inductor"]["kernel_config_miss"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("1 restored kernel(s) had no tuned launch config") and \
+        "cdef456.py" in warned[0]
     assert th.CachingAutotuner.recheck_autotune_cache is original  # restored on exit

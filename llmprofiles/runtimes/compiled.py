@@ -420,11 +420,12 @@ def cached_configs_final():
         cached, cache, self.autotune_cache_info = th.check_autotune_cache(configs, self.filename, self.inductor_meta)
         if cache is not None:
             self.save_cache_hook = cache.save
-        hit = self.autotune_cache_info.get("autotune_cache_state") == "hit"
-        counters["inductor"]["kernel_config_hit" if hit else "kernel_config_miss"] += 1
-        if not hit:
-            log.warning("kernel %s: no tuned launch config in the cache; it is tuned again", self.filename)
-            return
+        if self.autotune_cache_info.get("autotune_cache_state") != "hit":
+            if cache is not None:  # looked up and not found: benchmarked or tuned again at its first run
+                counters["inductor"]["kernel_config_miss"] += 1
+                missed.append(Path(self.filename).name)
+            return  # (no cache at all: one config and nothing to tune)
+        counters["inductor"]["kernel_config_hit"] += 1
         best = cached[0]
         found = getattr(best, "found_by_coordesc", False)
         key = triton_config_to_hashable(best)
@@ -437,11 +438,16 @@ def cached_configs_final():
             self.fn = reload_kernel_from_src().fn
         self.compile_results = [self._precompile_config(best)]
 
+    missed: list[str] = []
     th.CachingAutotuner.recheck_autotune_cache = recheck
     try:
         yield
     finally:
         th.CachingAutotuner.recheck_autotune_cache = original
+        if missed:
+            log.warning("%d restored kernel(s) had no tuned launch config in the compile cache and are tuned "
+                        "again at their first run (e.g. %s): their speed may differ from the build's",
+                        len(missed), ", ".join(missed[:3]))
 
 
 def compare_configs(kept: dict[str, dict], now: dict[str, dict]) -> dict[str, int]:
