@@ -15,11 +15,12 @@ Phases (each fits one 10-minute GPU call; state is saved between them):
   of requests cancelled mid-stream: errors, memory drift, slots free at the end;
 - ``anchor``: HF ``generate`` with ``cache_implementation="static"`` in-process,
   time per decoded token from two generation lengths;
-- ``stream``: an A/B of the ``stream_interval`` parameter (tokens per streamed
-  response after the first): a fresh server per interval, over a copy of the
-  build's ``config.pbtxt`` with only that value changed, driven by
-  ``client/generate.py`` at ``--stream-concurrency``. Interval 1 is the
-  ``triton`` phase's row at that concurrency;
+- ``stream``: an A/B of how responses are sent: ``stream_interval`` (tokens per
+  streamed response after the first) and ``send_threads`` (the response pump).
+  A fresh server per variant, over a copy of the build's ``config.pbtxt`` with
+  only those values changed, driven by ``client/generate.py`` at
+  ``--stream-concurrency``. The defaults are the ``triton`` phase's row at that
+  concurrency;
 - ``report``: the .md/.json/.png from the saved state.
 
 Writes ``<out-dir>/<date>-<gpu>-generate.{md,json,png}``; the last stdout line is JSON.
@@ -493,27 +494,50 @@ class GrpcStream:
             self.client.close()
 
 
-STREAM_INTERVAL_PARAM = re.compile(r'(key:\s*"stream_interval",\s*value:\s*\{\s*string_value:\s*")(\d+)(")')
+# The config.pbtxt parameters the stream phase may vary: the generate model logs the values it read of both.
+STREAM_PARAMS = ("stream_interval", "send_threads")
 
 
-def with_stream_interval(config: str, interval: int) -> str:
-    """``config.pbtxt`` text with its ``stream_interval`` parameter set to ``interval``; nothing else changes.
+def parse_variant(text: str) -> dict[str, int]:
+    """``"stream_interval=4,send_threads=2"`` -> ``{"stream_interval": 4, "send_threads": 2}``.
 
-    >>> with_stream_interval('{ key: "stream_interval", value: { string_value: "1" } }', 8)
+    >>> parse_variant("send_threads=4, stream_interval=8")
+    {'send_threads': 4, 'stream_interval': 8}
+    """
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.strip().partition("=")
+        if key not in STREAM_PARAMS or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r}: each part of a stream variant is NAME=INTEGER, NAME one of {list(STREAM_PARAMS)}")
+        out[key] = int(value)
+    return out
+
+
+def variant_name(overrides: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def with_parameters(config: str, overrides: dict[str, int]) -> str:
+    """``config.pbtxt`` text with each named parameter's value replaced; nothing else changes.
+
+    >>> with_parameters('{ key: "stream_interval", value: { string_value: "1" } }', {"stream_interval": 8})
     '{ key: "stream_interval", value: { string_value: "8" } }'
     """
-    text, n = STREAM_INTERVAL_PARAM.subn(lambda m: f"{m[1]}{interval}{m[3]}", config)
-    if n != 1:
-        raise RuntimeError(f"the build's config.pbtxt has {n} stream_interval parameters, expected 1: rebuild it")
-    return text
+    for key, value in overrides.items():
+        pattern = re.compile(rf'(key:\s*"{re.escape(key)}",\s*value:\s*\{{\s*string_value:\s*")([^"]*)(")')
+        config, n = pattern.subn(lambda m: f"{m[1]}{value}{m[3]}", config)
+        if n != 1:
+            raise RuntimeError(f"the build's config.pbtxt has {n} {key} parameters, expected 1: rebuild it")
+    return config
 
 
 @contextlib.contextmanager
-def serving(a, vocab: int, stream_interval: int | None = None):
+def serving(a, vocab: int, overrides: dict[str, int] | None = None):
     """tritonserver over a repository holding only ``generate`` (a link to the build).
 
-    With ``stream_interval``, ``generate`` is a folder holding a copy of the build's ``config.pbtxt`` with that
-    interval and links to everything else of the build.
+    With ``overrides`` (config parameters), ``generate`` is a folder holding a copy of the build's
+    ``config.pbtxt`` with those values and links to everything else of the build.
     """
     from llmprofiles.serving.launcher import TritonServer, overlay_python
 
@@ -521,14 +545,14 @@ def serving(a, vocab: int, stream_interval: int | None = None):
     tmp.mkdir(parents=True, exist_ok=True)
     repo = Path(tempfile.mkdtemp(prefix="generate-repo-", dir=tmp))
     built = (a.repo / "generate").resolve()
-    if stream_interval is None:
+    if not overrides:
         (repo / "generate").symlink_to(built)
     else:
         (repo / "generate").mkdir()
         for item in built.iterdir():
             if item.name != "config.pbtxt":
                 (repo / "generate" / item.name).symlink_to(item)
-        config = with_stream_interval((built / "config.pbtxt").read_text(), stream_interval)
+        config = with_parameters((built / "config.pbtxt").read_text(), overrides)
         (repo / "generate" / "config.pbtxt").write_text(config)
     server = TritonServer([repo], a.port_base, a.port_base + 1, a.port_base + 2, work=tmp / "triton",
                           log_path=tmp / "server.log", ready_timeout_s=900)
@@ -757,23 +781,31 @@ def phase_triton(a, state: dict) -> dict:
     return out
 
 
+def stream_variants(a) -> list[dict[str, int]]:
+    """The stream phase's variants: each --stream-intervals value alone, then each --stream-variant."""
+    return [{"stream_interval": k} for k in a.stream_intervals] + list(a.stream_variant)
+
+
 def phase_stream(a, state: dict) -> dict:
-    """The stream_interval A/B: a fresh server per interval, client/generate.py at one concurrency."""
+    """An A/B of how responses are sent: a fresh server per variant, client/generate.py at one concurrency."""
     vocab = read_manifest(a.repo / "generate" / "1", verify=False)["vocab_size"]
-    out: dict = {"concurrency": a.stream_concurrency, "intervals": {}}
-    for interval in a.stream_intervals:
-        with serving(a, vocab, stream_interval=interval) as server:
-            result = run_client(server, a, a.stream_concurrency, vocab, tag=f"_interval{interval}")
-            f = client_figures(result) | {"startup_s": server.startup_s,
+    out: dict = {"concurrency": a.stream_concurrency, "variants": {}}
+    for overrides in stream_variants(a):
+        name = variant_name(overrides)
+        tag = "_" + name.replace("=", "").replace(",", "_")
+        with serving(a, vocab, overrides) as server:
+            result = run_client(server, a, a.stream_concurrency, vocab, tag=tag)
+            f = client_figures(result) | {"startup_s": server.startup_s, "overrides": overrides,
                                           "command": " ".join(client_command(server, a, a.stream_concurrency, vocab))}
             if not f["ttft"]:
                 f["error"] = result.get("error", "no figures")
-            out["intervals"][str(interval)] = f
             log = server.log_path.read_text(errors="replace")
-            (WORK / f"stream_interval_{interval}_server.log").write_text(log)
-            if f"stream_interval {interval}," not in log:  # the model says what it read at load
-                f["error"] = f"the server's log does not show stream_interval {interval}: the A/B did not take"
-        print(f"stream_interval {interval} at c={a.stream_concurrency}: {json.dumps(f)[:400]}", flush=True)
+            (WORK / f"server{tag}.log").write_text(log)
+            absent = [f"{k} {v}" for k, v in overrides.items() if not re.search(rf"\b{k} {v}\b", log)]
+            if absent:  # the model says what it read at load
+                f["error"] = f"the server's log does not show {absent}: the variant did not take"
+        out["variants"][name] = f
+        print(f"stream variant {name} at c={a.stream_concurrency}: {json.dumps(f)[:400]}", flush=True)
     return out
 
 
@@ -1107,21 +1139,24 @@ def report(state: dict) -> str:
                                 for w in ("memory_start", "memory_end"))]
                           for k, key in (("server host RSS (tree)", "host_rss_bytes"), ("GPU used", "gpu_used_bytes"))]),
                   "", f"Gauges at the end: {load['gauges_end']}", ""]
-    stream = state.get("stream")
-    if stream and stream.get("intervals"):
+    stream = state.get("stream") or {}
+    variants = stream.get("variants") or {f"stream_interval={k}": r for k, r in stream.get("intervals", {}).items()}
+    if variants:  # ("intervals": the first runs of the phase, before it took other parameters)
         c = str(stream["concurrency"])
-        runs = {"1": (tri or {}).get("client", {}).get(c), **stream["intervals"]}
+        runs = {"the build's config.pbtxt": (tri or {}).get("client", {}).get(c), **variants}
         rows = [[k, fmt(r["output_tokens_per_s"], 0), fmt(r["ttft"]["p50_ms"]), fmt(r["ttft"]["p99_ms"]),
                  fmt(r["itl"]["p50_ms"]), fmt(r["itl"]["p99_ms"]), f"{r['errors']}/{r['count']}",
-                 "triton phase" if k == "1" else "stream phase"]
-                for k, r in sorted(runs.items(), key=lambda kv: int(kv[0])) if r and r.get("ttft")]
-        lines += [f"## Stream interval A/B at concurrency {c}", "",
+                 "stream phase" if k in variants else "triton phase"]
+                for k, r in runs.items() if r and r.get("ttft")]
+        lines += [f"## How responses are sent: an A/B at concurrency {c}", "",
                   "`stream_interval` in `config.pbtxt`: a request's first token is sent alone, then one response per "
-                  "that many tokens; the rest leaves with the final response. A fresh server per interval, "
-                  "`client/generate.py` over gRPC streaming; its ITL is per token (a response's gap divided over the "
-                  "tokens it carries). Interval 1 is the triton phase's row (the product's default).", "",
-                  *table(["interval", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
-                  *(f"- interval {k}: {r['error']}" for k, r in stream["intervals"].items() if r.get("error")), ""]
+                  "that many tokens; the rest leaves with the final response. `send_threads`: that many threads send "
+                  "the responses instead of the scheduler thread, tokens that pile up for a request going out in one "
+                  "response. A fresh server per variant, `client/generate.py` over gRPC streaming; its ITL is per "
+                  "token (a response's gap divided over the tokens it carries). The first row is the triton phase's, "
+                  "with the build's values (the product's defaults: `stream_interval` 1, `send_threads` 0).", "",
+                  *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
+                  *(f"- {k}: {r['error']}" for k, r in variants.items() if r.get("error")), ""]
     if anchor and anchor.get("batches"):
         rows = []
         for b, r in sorted(anchor["batches"].items(), key=lambda kv: int(kv[0])):
@@ -1258,6 +1293,9 @@ def main(argv: list[str] | None = None) -> None:
     tri.add_argument("--port-base", type=int, default=18700, help="HTTP port; gRPC and metrics take the next two")
     stm = p.add_argument_group("stream phase")
     stm.add_argument("--stream-intervals", type=ints, help="stream_interval values, one server each (full: 4,8)")
+    stm.add_argument("--stream-variant", type=parse_variant, action="append", default=[],
+                     help="more servers, each with these config parameters, e.g. send_threads=4,stream_interval=4 "
+                          f"(repeatable; names: {', '.join(STREAM_PARAMS)})")
     stm.add_argument("--stream-concurrency", type=int, help="client/generate.py concurrency (full: 64)")
     anc = p.add_argument_group("anchor phase")
     anc.add_argument("--anchor-batches", type=ints, help="HF generate batch sizes (full: 1,16,64)")

@@ -257,28 +257,36 @@ def test_perf_analyzer_never_reads_an_earlier_runs_export(tmp_path, monkeypatch)
     assert not stale.exists() and "error" in out and "exit 0" in out["error"]
 
 
-def test_stream_interval_is_set_in_a_copy_of_the_config_and_nothing_else_changes():
-    from bench.generate_bench import with_stream_interval
+def test_a_variant_sets_its_parameters_in_a_copy_of_the_config_and_nothing_else_changes():
+    from bench.generate_bench import parse_variant, with_parameters
 
     config = ('parameters: [\n  { key: "send_threads", value: { string_value: "0" } },\n'
               '  { key: "stream_interval", value: { string_value: "1" } }\n]\n')
-    changed = with_stream_interval(config, 8)
-    assert changed == config.replace('string_value: "1"', 'string_value: "8"')
+    changed = with_parameters(config, parse_variant("stream_interval=8,send_threads=4"))
+    assert changed == config.replace('string_value: "1"', 'string_value: "8"').replace(
+        'string_value: "0"', 'string_value: "4"')
     with pytest.raises(RuntimeError, match="0 stream_interval parameters"):
-        with_stream_interval(config.replace("stream_interval", "other"), 8)
+        with_parameters(config.replace("stream_interval", "other"), {"stream_interval": 8})
+    with pytest.raises(argparse.ArgumentTypeError, match="'max_queue=4'.*NAME one of"):
+        parse_variant("stream_interval=2,max_queue=4")
+    with pytest.raises(argparse.ArgumentTypeError, match="'send_threads=x'"):
+        parse_variant("send_threads=x")
 
 
-def test_report_puts_the_stream_interval_runs_beside_the_triton_phases_row():
+def test_report_puts_the_stream_variants_beside_the_triton_phases_row():
     state = met_state()
-    state["stream"] = {"concurrency": 64, "intervals": {"4": client(30.0, 1.1, 6.0, 9_000.0),
-                                                         "8": {**client(30.0, 1.0, 5.0, 0.0), "ttft": None,
-                                                               "error": "no figures"}}}
+    state["stream"] = {"concurrency": 64, "variants": {
+        "stream_interval=4": client(30.0, 1.1, 6.0, 9_000.0),
+        "send_threads=4": {**client(30.0, 1.0, 5.0, 0.0), "ttft": None, "error": "no figures"}}}
     md = report(state)
-    section = md.split("## Stream interval A/B at concurrency 64")[1].split("\n## ")[0]
+    section = md.split("## How responses are sent: an A/B at concurrency 64")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 4"]
+    assert [r.split(" | ")[0] for r in rows] == ["| the build's config.pbtxt", "| stream_interval=4"]
     assert "9,000" in rows[1] and "stream phase" in rows[1] and "triton phase" in rows[0]
-    assert "- interval 8: no figures" in section
+    assert "- send_threads=4: no figures" in section
+    # The first runs of the phase kept their results under "intervals".
+    state["stream"] = {"concurrency": 64, "intervals": {"8": client(30.0, 1.0, 5.0, 6_000.0)}}
+    assert "| stream_interval=8 | 6,000 |" in report(state)
 
 
 def test_report_breaks_the_engines_memory_down_by_stage():
