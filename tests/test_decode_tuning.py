@@ -249,3 +249,17 @@ def test_a_restored_kernel_reads_its_tuned_config_from_this_cache_and_keeps_it(m
     assert len(warned) == 1 and warned[0].startswith("1 restored kernel(s) had no tuned launch config") and \
         "cdef456.py" in warned[0]
     assert th.CachingAutotuner.recheck_autotune_cache is original  # restored on exit
+
+
+def test_a_kernel_the_lookup_cannot_read_is_loaded_as_torch_would(monkeypatch, caplog):
+    """The lookup uses inductor's private API: if it changed, the kernel still loads, the torch way, with a warning."""
+    from torch._inductor.runtime import triton_heuristics as th
+
+    seen = []
+    monkeypatch.setattr(th.CachingAutotuner, "recheck_autotune_cache", lambda self, reload: seen.append(self))
+    odd = SimpleNamespace(filename="/tmp/gone/ab/c1.py")  # no compile_results, no inductor_meta
+    with compiled.fresh_compile_cache(), compiled.cached_configs_final():
+        th.CachingAutotuner.recheck_autotune_cache(odd, reload_kernel_from_src=None)
+    assert seen == [odd]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("1 restored kernel(s) were looked up as torch does")

@@ -414,6 +414,13 @@ def cached_configs_final():
         return
 
     def recheck(self, reload_kernel_from_src):
+        try:
+            keep_cached(self, reload_kernel_from_src)
+        except Exception as e:  # private inductor API: if it moved, load as torch would, and say so
+            failed.append(f"{type(e).__name__}: {e}")
+            original(self, reload_kernel_from_src)
+
+    def keep_cached(self, reload_kernel_from_src):
         if self.filename:
             self.filename = os.path.join(cache_dir(), *Path(self.filename).parts[-2:])
         configs = [r.config for r in self.compile_results]
@@ -439,11 +446,15 @@ def cached_configs_final():
         self.compile_results = [self._precompile_config(best)]
 
     missed: list[str] = []
+    failed: list[str] = []
     th.CachingAutotuner.recheck_autotune_cache = recheck
     try:
         yield
     finally:
         th.CachingAutotuner.recheck_autotune_cache = original
+        if failed:
+            log.warning("%d restored kernel(s) were looked up as torch does (its tuned config may be lost): %s",
+                        len(failed), failed[0])
         if missed:
             log.warning("%d restored kernel(s) had no tuned launch config in the compile cache and are tuned "
                         "again at their first run (e.g. %s): their speed may differ from the build's",
