@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -389,9 +390,9 @@ def cached_configs_final():
 
     On an FX graph cache hit, inductor restores each kernel as a pickled autotuner and looks up its tuned
     config (``.best_config``) beside the kernel's file name *as it was when the kernel was compiled*: a
-    temp cache dir of the build's winning attempt, long gone. Measured on the H200 (torch 2.11,
-    2026-11-30): the build's final compile missed every kernel and ran coordinate descent again (79-86
-    benchmarks), saving what it found under that stale path; loads then hit those files or not (0 and
+    temp cache dir of the build's winning attempt, long gone. On the H200 (torch 2.11, 2026-11-30) the
+    build's final compile ran coordinate descent again (79-86 benchmarks), saving what it found under
+    that stale path; loads then hit those files or not (0 and
     12 benchmarks), and the built engines replayed 6-12% slower than the compiles they kept. torch 2.11
     also drops a cached config's ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was
     tuned again, and it ignores the cache for a kernel with one candidate config.
@@ -402,8 +403,6 @@ def cached_configs_final():
     after a miss is saved there. Counts ``kernel_config_hit`` and ``kernel_config_miss`` in inductor's
     counters (see COMPILE_COUNTERS). A torch without that method is left alone.
     """
-    import os
-
     from torch._dynamo.utils import counters
     from torch._inductor.runtime import triton_heuristics as th
     from torch._inductor.runtime.runtime_utils import cache_dir, triton_config_to_hashable
