@@ -16,7 +16,8 @@ Phases (each fits one 10-minute GPU call; state is saved between them):
 - ``anchor``: HF ``generate`` with ``cache_implementation="static"`` in-process,
   time per decoded token from two generation lengths;
 - ``stream``: an A/B of how responses are sent: ``stream_interval`` (tokens per
-  streamed response after the first) and ``send_threads`` (the response pump).
+  streamed response after the first), ``send_threads`` (the response pump) and
+  ``send_budget_ms`` (the scheduler's sending time per step).
   A fresh server per variant, over a copy of the build's ``config.pbtxt`` with
   only those values changed, driven by ``client/generate.py`` at
   ``--stream-concurrency``. The defaults are the ``triton`` phase's row at that
@@ -495,7 +496,7 @@ class GrpcStream:
 
 
 # The config.pbtxt parameters the stream phase may vary: the generate model logs the values it read of both.
-STREAM_PARAMS = ("stream_interval", "send_threads")
+STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms")
 
 
 def parse_variant(text: str) -> dict[str, int]:
@@ -1152,9 +1153,12 @@ def report(state: dict) -> str:
                   "`stream_interval` in `config.pbtxt`: a request's first token is sent alone, then one response per "
                   "that many tokens; the rest leaves with the final response. `send_threads`: that many threads send "
                   "the responses instead of the scheduler thread, tokens that pile up for a request going out in one "
-                  "response. A fresh server per variant, `client/generate.py` over gRPC streaming; its ITL is per "
+                  "response. `send_budget_ms`: the most a step spends sending streamed tokens; the streams served "
+                  "least recently go first, the others keep their tokens for a later response. A fresh server per "
+                  "variant, `client/generate.py` over gRPC streaming; its ITL is per "
                   "token (a response's gap divided over the tokens it carries). The first row is the triton phase's, "
-                  "with the build's values (the product's defaults: `stream_interval` 1, `send_threads` 0).", "",
+                  "with the build's values (the product's defaults: `stream_interval` 1, `send_threads` 0, "
+                  "`send_budget_ms` 0).", "",
                   *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
                   *(f"- {k}: {r['error']}" for k, r in variants.items() if r.get("error")), ""]
     if anchor and anchor.get("batches"):

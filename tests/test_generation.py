@@ -591,3 +591,40 @@ def test_ints_reach_the_device_as_int64_with_their_values():
 
     t = device_ints([[0, 2], [7, 9]], torch.device("cpu"))
     assert t.dtype == torch.int64 and t.tolist() == [[0, 2], [7, 9]]
+
+
+def test_a_send_budget_holds_tokens_back_under_load_and_loses_none(hf):
+    """Each streamed send costs time (a round trip to the server through Triton). With a send budget per step, the
+    streams served least recently go first; the others keep their tokens for a later, larger response."""
+    engine = make_engine(hf)
+    ps = prompts(5, 7, 6)  # three streams in three slots: each step has three tokens to send
+
+    def serve(budget_s: float):
+        outs = []
+
+        def emit(out):
+            outs.append((out.request, list(out.ids), out.final))
+            if not out.final:
+                time.sleep(0.002)  # a streamed send: 2 ms
+
+        sched = Scheduler(engine, _NullTok(), emit, send_budget_s=budget_s)
+        reqs = [GenerateRequest(p, max_tokens=12, min_tokens=12, stream=True) for p in ps]
+        for r in reqs:
+            sched.submit(r)
+        run(sched)
+        return reqs, outs
+
+    reqs, plain = serve(0.0)
+    _, budgeted = serve(0.003)  # two streamed sends fit per step, not four
+    def ids(outs, r):
+        return [t for q, got, _ in outs if q.prompt_ids == r.prompt_ids for t in got]
+
+    def sizes(outs, r):
+        return [len(got) for q, got, final in outs if q.prompt_ids == r.prompt_ids and not final]
+
+    for r in reqs:
+        assert ids(budgeted, r) == ids(plain, r) and len(ids(plain, r)) == 12  # the same tokens, none lost
+        assert sizes(plain, r)[1:] == [1] * (len(sizes(plain, r)) - 1)  # no budget: a response per token
+        assert sizes(budgeted, r)[0] == 1  # the first token always leaves alone, at once
+        assert max(sizes(budgeted, r)) == 2 and len(sizes(budgeted, r)) >= 5  # grouped, and served every other step
+    assert len(budgeted) < len(plain)

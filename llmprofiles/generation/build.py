@@ -35,6 +35,9 @@ CANCEL_CHECK_MS = 5
 SEND_THREADS = 0
 # Tokens per streamed response after the first (llmprofiles.serving.pump.StreamInterval); 1 = every token.
 STREAM_INTERVAL = 1
+# The most the scheduler spends per step sending streamed tokens (Scheduler.send_budget_s); 0 = no limit.
+# Off by default until measured on a GPU: bench/generate_bench.py --phase stream --stream-variant send_budget_ms=2.
+SEND_BUDGET_MS = 0
 CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -76,7 +79,8 @@ parameters [
   {{ key: "max_queue", value: {{ string_value: "{max_queue}" }} }},
   {{ key: "cancel_check_ms", value: {{ string_value: "{CANCEL_CHECK_MS}" }} }},
   {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }},
-  {{ key: "stream_interval", value: {{ string_value: "{STREAM_INTERVAL}" }} }}
+  {{ key: "stream_interval", value: {{ string_value: "{STREAM_INTERVAL}" }} }},
+  {{ key: "send_budget_ms", value: {{ string_value: "{SEND_BUDGET_MS}" }} }}
 ]
 """)
 
