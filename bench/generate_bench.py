@@ -495,7 +495,7 @@ class GrpcStream:
             self.client.close()
 
 
-# The config.pbtxt parameters the stream phase may vary: the generate model logs the values it read of both.
+# The config.pbtxt parameters the stream phase may vary: the generate model logs each value it read.
 STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms")
 
 
@@ -1104,9 +1104,8 @@ def report(state: dict) -> str:
         if mem.get("stages"):
             lines += ["By stage (allocated beyond what was allocated before the load; reserved in all):", "",
                       *table(["stage", "allocated MiB", "reserved MiB"],
-                             [[k.replace("_", " "), f"{(r or {}).get('allocated_bytes', 0) / 2**20:,.0f}",
-                               f"{(r or {}).get('reserved_bytes', 0) / 2**20:,.0f}"]
-                              for k, r in mem["stages"].items() if r]), ""]
+                             [[k.replace("_", " "), f"{r['allocated_bytes'] / 2**20:,.0f}",
+                               f"{r['reserved_bytes'] / 2**20:,.0f}"] for k, r in mem["stages"].items()]), ""]
         gr = eng["greedy"]
         rest = (f"; the others first differ at tokens {gr['first_divergence']} (median "
                 f"{fmt(gr['median_first_divergence'], 1)})" if gr["first_divergence"] else "")

@@ -279,7 +279,8 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     device = torch.device(device)
     dtype = getattr(torch, manifest["dtype"])
     # Fused on the host, then moved: fusing on the GPU left the unfused copies' freed blocks reserved by the
-    # allocator for good (about 0.9 GiB for gemma-3-1b), where neither the KV pool nor the graphs could use them.
+    # allocator for good (about 0.9 GiB of fused matrices for gemma-3-1b, by their sizes), where neither the KV pool
+    # nor the graphs could use them.
     weights = fuse_weights(shape, {k: v.to(dtype) for k, v in load_file(str(version_dir / WEIGHTS)).items()})
     engine = GenerationEngine(shape, to_device(weights, device), spec, device)
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",

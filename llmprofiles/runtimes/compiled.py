@@ -392,9 +392,8 @@ def cached_configs_final():
     config (``.best_config``) beside the kernel's file name *as it was when the kernel was compiled*: a
     temp cache dir of the build's winning attempt, long gone. On the H200 (torch 2.11, 2026-11-30) the
     build's final compile ran coordinate descent again (79-86 benchmarks), saving what it found under
-    that stale path; loads then hit those files or not (0 and
-    12 benchmarks), and the built engines replayed 6-12% slower than the compiles they kept. torch 2.11
-    also drops a cached config's ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was
+    that stale path; loads then hit those files or not (0 and 12 benchmarks), and the built engines
+    replayed 6-12% slower than the compiles they kept. torch 2.11 also drops a cached config's ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was
     tuned again, and it ignores the cache for a kernel with one candidate config.
 
     This wraps ``CachingAutotuner.recheck_autotune_cache`` (the lookup on a cache hit): the kernel's path
