@@ -53,6 +53,9 @@ VARIANTS = {
                                                    "coordinate_descent_search_radius": 2}),
     # Nodes fused even when they share no buffer (e.g. a norm's reduction beside the GEMV that reads its input).
     "fused+gemv+cdt+sqa+aggr": (True, True, True, {**CDT, "aggressive_fusion": True}),
+    # Programmatic dependent launch: each kernel starts launching while the one before it finishes
+    # (the build tries it too: compiled.TUNE_VARIANTS).
+    "fused+gemv+cdt+sqa+pdl": (True, True, True, {**CDT, "triton.enable_pdl": True}),
 }
 
 

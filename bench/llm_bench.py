@@ -183,13 +183,20 @@ def build_record(engine: dict) -> dict:
 
 def decode_split(engine, vocab: int, iters: int) -> dict | None:
     """The multi engine's decode: CUDA graph replay alone (GPU time) vs the runner call (plus host copies)."""
-    from bench.decode_variants import kernel_profile, measure
+    from bench.decode_variants import kernel_profile, measure, quantiles_ms
     from llmprofiles.runtimes.compiled import StaticGraphRunner
 
     runner = engine.runners[engine.select({"input_ids": (1, 1), "position_ids": (1, 1)})]
     if not isinstance(runner, StaticGraphRunner) or runner.graph is None:
         return None
-    split = measure(runner, *inputs(1, vocab, 1), iters)
+    ids, pos = inputs(1, vocab, 1)
+    split = measure(runner, ids, pos, iters)
+    # The engine's own call in a loop of its own (the per-call table interleaves it with llm_single's):
+    # what the profile choice, the checks and the copies to the GPU add to the runner's call.
+    calls = []
+    for _ in range(iters):
+        calls.append(time_call(engine, ids, pos, torch.device("cuda:0")))
+    split["engine_call_ms"] = quantiles_ms(calls)
     split["kernels"] = kernel_profile(runner)
     print(f"decode split: {json.dumps(split)}", flush=True)
     return split
@@ -507,8 +514,10 @@ def report(state: dict) -> tuple[str, dict]:
         split = eng.get("decode_split")
         if split:
             lines += ["", f"Multi-profile decode, split: CUDA graph replay alone p50 {split['replay_ms']['p50']:.3f} ms "
-                      f"(GPU time); the graph runner's call p50 {split['call_ms']['p50']:.3f} ms; the engine call "
-                      f"above adds the profile checks."]
+                      f"(GPU time); the graph runner's call p50 {split['call_ms']['p50']:.3f} ms; "
+                      + (f"the engine's call alone in a loop p50 {split['engine_call_ms']['p50']:.3f} ms (profile "
+                         f"choice, checks, copies to the GPU); the table above interleaves it with llm_single."
+                         if split.get("engine_call_ms") else "the engine call above adds the profile checks.")]
             lines += kernel_lines(split.get("kernels"))
         mem = eng["memory"]
         lines += ["", "## GPU memory of each engine (allocated by PyTorch, after warming every regime)", "",
@@ -620,6 +629,12 @@ def build_stats(builds: dict | None) -> dict | None:
     return out
 
 
+def option_label(options: dict | None) -> str:
+    """`` (enable_pdl)`` for an attempt compiled with options over the static defaults; empty for none."""
+    names = [k.rsplit(".", 1)[-1] for k, v in (options or {}).items() if v]
+    return f" ({'+'.join(names)})" if names else ""
+
+
 def build_lines(builds: dict | None) -> list[str]:
     st = build_stats(builds)
     if not st:
@@ -633,7 +648,8 @@ def build_lines(builds: dict | None) -> list[str]:
         m, s = b["decode"]["multi"]["median_ms"], b["decode"]["single"]["median_ms"]
         tuning = []
         for name, t in (b.get("decode_tuning") or {}).items():
-            times = ", ".join(f"{a['ms']:.3f}" if "ms" in a else "failed" for a in t["attempts"])
+            times = ", ".join((f"{a['ms']:.3f}" if "ms" in a else "failed") + option_label(a.get("options"))
+                              for a in t["attempts"])
             final = f"; built engine {t['final_ms']:.3f}" if t.get("final_ms") is not None else ""
             configs = t.get("final_configs")
             if configs:

@@ -37,7 +37,10 @@ class Engine:
         shapes = {"input_ids": tuple(input_ids.shape), "position_ids": tuple(position_ids.shape)}
         if shapes["input_ids"] != shapes["position_ids"] or not self.profiles.fits(profile_index, shapes):
             raise SelectionError(f"shapes {shapes} are outside profile {self.profiles.describe(profile_index)}")
-        return self._forward(profile_index, input_ids.to(self.device), position_ids.to(self.device))
+        # non_blocking: a copy from pageable host memory is staged before the call returns, without
+        # the stream synchronize a blocking copy adds (the graph that follows is queued behind it).
+        return self._forward(profile_index, input_ids.to(self.device, non_blocking=True),
+                             position_ids.to(self.device, non_blocking=True))
 
     def _forward(self, profile_index: int, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

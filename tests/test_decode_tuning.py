@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -76,15 +77,16 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     events = []
 
     class FakeEngine:
-        def __init__(self, wrapper, profiles, device):
-            events.append("compile engine")
+        def __init__(self, wrapper, profiles, device, static_options=None):
+            events.append(f"compile engine {static_options}")
             self.runners = [f"runner-{i}" for i in range(len(profiles))]
             self.compile_counts = [dict.fromkeys(compiled.COMPILE_COUNTERS, 0) for _ in profiles.names]
 
     def fake_tune(wrapper, shape, device, runs):
         events.append(f"tune {shape} x{runs}")
         return b"winner", {"ab/kernel.best_config": {"XBLOCK": 64}}, {
-            "runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3, "spread": 0.0}
+            "runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3, "spread": 0.0,
+            "options": {"triton.enable_pdl": True}}
 
     class NoCache:
         def __enter__(self):
@@ -112,7 +114,9 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     static = [n for i, n in enumerate(PROFILE_SETS["multi"].names) if PROFILE_SETS["multi"].ranges(i)["input_ids"].is_static]
     assert static == ["decode"]
     assert (events.index("tune (1, 1) x2") < events.index("load b'winner'")
-            < events.index("pin ['ab/kernel.best_config']") < events.index("compile engine"))
+            < events.index("pin ['ab/kernel.best_config']")
+            # the engine compiles the static profile with the options the tuning kept
+            < events.index("compile engine {'decode': {'triton.enable_pdl': True}}"))
     assert artifacts == [compiled.COMPILE_CACHE, compiled.KERNEL_CONFIGS]
     assert (tmp_path / compiled.COMPILE_CACHE).read_bytes() == b"all profiles"
     assert json.loads((tmp_path / compiled.KERNEL_CONFIGS).read_text()) == {"ab/kernel.best_config": {"XBLOCK": 64}}
@@ -125,6 +129,58 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     ctx.profiles = PROFILE_SETS["single"]
     artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
     assert not any(e.startswith("tune") for e in events) and extra == {}
+
+
+def test_tuning_cycles_the_option_variants_and_keeps_the_fastest_correct_attempt(monkeypatch):
+    """Attempt k compiles with variant k % n; an attempt whose logits are wrong is refused however fast."""
+    variants = ({"triton.enable_pdl": True}, {})
+    compiles, times, diffs = [], iter([1.1, 1.3, 1.2]), iter([0.01, 0.02, 5.0, 0.01])
+
+    class FakeEngine:
+        def __init__(self, wrapper, profiles, device, static_options=None):
+            compiles.append(static_options)
+            self.runners = ["runner"]
+
+    def fake_check(runner, reference, shape, device):
+        diff = next(diffs)
+        if diff > compiled.TUNE_MAX_DIFF:
+            raise ValueError(f"logits differ by {diff}")
+        return diff
+
+    monkeypatch.setattr(compiled, "tune_variants", lambda device: variants)
+    monkeypatch.setattr(compiled, "CompiledEngine", FakeEngine)
+    monkeypatch.setattr(compiled, "check_attempt", fake_check)
+    monkeypatch.setattr(compiled, "replay_ms", lambda runner: next(times))
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: None)
+    monkeypatch.setattr(compiled, "kernel_configs", lambda: {})
+    _, _, record = compiled.tune_static_profile(object(), (1, 1), torch.device("cpu"), 4)
+    assert compiles == [{"static": v} for v in variants + variants]
+    # attempt 2 is wrong, so it is refused before it is timed; attempt 0 (1.1 ms, PDL) wins
+    assert "differ by 5.0" in record["attempts"][2]["error"] and record["winner"] == 0
+    assert record["options"] == {"triton.enable_pdl": True}
+    assert [a["options"] for a in record["attempts"]] == list(variants + variants)
+    assert [a.get("max_abs_diff") for a in record["attempts"]] == [0.01, 0.02, None, 0.01]
+
+
+def test_check_attempt_measures_against_the_eager_module_and_refuses_wrong_logits():
+    def reference(ids, pos):
+        return (ids * 0.5 + pos).float()
+
+    assert compiled.check_attempt(reference, reference, (1, 1), torch.device("cpu")) == 0.0
+    assert compiled.check_attempt(lambda i, p: reference(i, p) + 0.03, reference, (1, 1), torch.device("cpu")) \
+        == pytest.approx(0.03, abs=1e-3)
+    # the bound scales with the largest reference logit (here up to ~1000): 10% of it
+    with pytest.raises(ValueError, match="differ from the eager module's by"):
+        compiled.check_attempt(lambda i, p: reference(i, p) * 1.5, reference, (1, 1), torch.device("cpu"))
+    with pytest.raises(ValueError, match="nan"):
+        compiled.check_attempt(lambda i, p: reference(i, p) * float("nan"), reference, (1, 1), torch.device("cpu"))
+
+
+def test_the_served_engine_compiles_with_the_options_its_build_kept():
+    manifest = {"decode_tuning": {"decode": {"options": {"triton.enable_pdl": True}}, "other": {"options": {}}}}
+    assert compiled.tune_options(manifest) == {"decode": {"triton.enable_pdl": True}}
+    assert compiled.tune_options({}) == {} and compiled.tune_options({"decode_tuning": {"decode": {}}}) == {}
+    assert compiled.tune_variants(torch.device("cpu")) == ({},)  # PDL is for CUDA capability 9 and later
 
 
 def test_build_compiled_does_nothing_on_cpu():
@@ -263,3 +319,31 @@ def test_a_kernel_the_lookup_cannot_read_is_loaded_as_torch_would(monkeypatch, c
     assert seen == [odd]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and warned[0].startswith("1 restored kernel(s) were looked up as torch does")
+
+
+def test_pdl_is_tried_only_where_its_probe_passes(monkeypatch):
+    """The probe runs in a child process; a failing probe (or none to run) leaves PDL out of the tuning."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    runs = []
+
+    def fake_run(cmd, **kw):
+        runs.append((cmd[1:], kw["env"].get("CUDA_VISIBLE_DEVICES")))
+        return SimpleNamespace(returncode=rc, stdout="pdl probe: ok", stderr="boom")
+
+    monkeypatch.setattr(compiled.subprocess, "run", fake_run)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    rc = 0
+    assert compiled.tune_variants(torch.device("cuda")) == compiled.TUNE_VARIANTS
+    rc = 1
+    assert compiled.tune_variants(torch.device("cuda:1")) == ({},)
+    assert runs == [(["-m", "llmprofiles.runtimes.pdl_probe"], None), (["-m", "llmprofiles.runtimes.pdl_probe"], "1")]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert compiled.tune_variants(torch.device("cuda")) == ({},) and len(runs) == 2  # no probe before Hopper
+
+
+def test_the_pdl_probe_says_it_needs_a_hopper_gpu_on_this_machine():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: tests/test_gpu.py runs the probe")
+    done = subprocess.run([sys.executable, "-m", "llmprofiles.runtimes.pdl_probe"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 2 and "compute capability 9" in done.stderr

@@ -66,3 +66,30 @@ def test_profiles_share_one_copy_of_the_weights(engine):
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.wrapper.parameters())
     # Two profiles, weights held once: plus graph pools and workspaces, far below two copies.
     assert engine.held_bytes < 1.3 * weight_bytes + 32 * 2**20, (engine.held_bytes, weight_bytes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs compute capability 9 or later")
+def test_decode_compiled_with_pdl_matches_eager_and_follows_new_inputs(eager):
+    """The option the build's tuning may keep (compiled.PDL): its probe passes and its decode graph is right."""
+    import copy
+    import subprocess
+    import sys
+
+    from llmprofiles.profiles.sets import PROFILE_SETS
+    from llmprofiles.runtimes import compiled
+
+    probe = subprocess.run([sys.executable, "-m", "llmprofiles.runtimes.pdl_probe"], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    torch._dynamo.reset()
+    wrapper = copy.deepcopy(eager)
+    decode_only = compiled.static_profile((1, 1))
+    engine = compiled.CompiledEngine(wrapper, decode_only, torch.device("cuda"), static_options={"static": compiled.PDL})
+    assert PROFILE_SETS["multi"].ranges(0)["input_ids"].is_static
+    for token in (3, 4, 5):
+        ids = torch.tensor([[token]])
+        pos = default_position_ids(ids) + token
+        got = engine.run(0, ids, pos).float()
+        with torch.no_grad():
+            ref = eager(ids.cuda(), pos.cuda()).float()
+        torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)

@@ -1,15 +1,16 @@
 # Call 4 (about 8 min): GPU 1: the generate load run (300 s at concurrency 64 with cancellations), then the stream
 # phase (how responses are sent: stream_interval 8, send_threads 4, send_budget_ms 2; STREAM_ARGS replaces those);
-# GPU 0: the HF static-cache anchor (compiles about 70 s per batch size), then llm's GPU tests. The anchor has its own state: merge it into the
+# GPU 0: with DV set, decode compile variants; the HF static-cache anchor (compiles about 70 s per batch size); llm's GPU tests. The anchor has its own state: merge it into the
 # main one when writing the report:
 #   python -m bench.generate_bench --phase report --state bench/tmp/generate-state.json --merge bench/tmp/anchor-state.json
 source bench/gpu/env.sh
-(export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-anchor
- tmo 330 make bench-generate PY=python3 BENCH_ARGS="--phase anchor --state bench/tmp/anchor-state.json --out-dir bench/tmp/anchor" > "$LOG/gen_anchor.log" 2>&1; el anchor rc=$?
- tmo 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$LOG/gpu_tests_llm.log" 2>&1; el llm GPU tests rc=$?
- # With DV set (and device time to spare): decode compile variants side by side, e.g. DV=fused+gemv+cdt+sqa,fused+gemv+cdt+sqa+wide
- if [ -n "${DV:-}" ]; then TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-dv tmo 400 python3 -m bench.decode_variants --model gemma-3-1b \
-   --variants "$DV" --out bench/tmp/decode_variants.json > "$LOG/decode_variants.log" 2>&1; el decode variants rc=$?; fi) & P0=$!
+(export CUDA_VISIBLE_DEVICES=0
+ # With DV set: decode compile variants side by side first, while the load run (not a speed figure) runs on GPU 1,
+ # e.g. DV=fused+gemv+cdt+sqa,fused+gemv+cdt+sqa+pdl (about 100 s per variant)
+ if [ -n "${DV:-}" ]; then TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-dv tmo 260 python3 -m bench.decode_variants --model gemma-3-1b \
+   --variants "$DV" --out bench/tmp/decode_variants.json > "$LOG/decode_variants.log" 2>&1; el decode variants rc=$?; fi
+ TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-anchor tmo 330 make bench-generate PY=python3 BENCH_ARGS="--phase anchor --state bench/tmp/anchor-state.json --out-dir bench/tmp/anchor" > "$LOG/gen_anchor.log" 2>&1; el anchor rc=$?
+ tmo 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$LOG/gpu_tests_llm.log" 2>&1; el llm GPU tests rc=$?) & P0=$!
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
  tmo 420 make bench-generate PY=python3 BENCH_ARGS="--phase load --state $GEN_STATE --server-pythonpath /tmp/np1 --load-seconds ${LOAD_S:-300} --port-base 18800" > "$LOG/gen_load.log" 2>&1; el load rc=$?
  # How responses are sent, at concurrency 64: a server per variant (about 50 s each); the defaults are the triton phase's row.

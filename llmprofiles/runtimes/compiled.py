@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +115,46 @@ class DynamicRunner:
 # captured by StaticGraphRunner, not by inductor. Measured variants: bench/NOTES.md.
 STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
 
+# Options a static profile's build-time tuning tries over STATIC_OPTIONS: attempt k compiles with
+# TUNE_VARIANTS[k % len(TUNE_VARIANTS)], the fastest replay wins, and the winner's options are kept in
+# the manifest (decode_tuning.<profile>.options) so every later compile of that profile uses them.
+# Programmatic dependent launch (Hopper and later): each kernel lets the next one start launching once
+# its own loads are done, and the next one waits for it (griddepcontrol) before reading what it wrote.
+# The decode graph is 212 small kernels with a launch ramp each (issue 12). Inductor leaves matmul
+# templates without it.
+PDL = {"triton.enable_pdl": True}
+TUNE_VARIANTS = (PDL, {})
+
+
+def tune_variants(device: torch.device) -> tuple[dict[str, Any], ...]:
+    """The option sets tried for ``device``: PDL only where its probe (``pdl_probe``) passes."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return ({},)
+    if not pdl_works(device):
+        return tuple(v for v in TUNE_VARIANTS if v != PDL) or ({},)
+    return TUNE_VARIANTS
+
+
+def pdl_works(device: torch.device, timeout_s: float = 300) -> bool:
+    """Run ``llmprofiles.runtimes.pdl_probe`` on ``device`` in a child process (a kernel fault there
+    cannot poison this process's CUDA context); True if it exits 0. Logs why not."""
+    env = dict(os.environ)
+    if device.index:  # the child sees only this GPU, as its device 0
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[device.index] if visible else str(device.index)
+    try:
+        done = subprocess.run([sys.executable, "-m", "llmprofiles.runtimes.pdl_probe"], capture_output=True,
+                              text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        log.warning("PDL probe timed out after %.0f s: tuning without PDL", timeout_s)
+        return False
+    if done.returncode != 0:
+        log.warning("PDL probe failed (exit %d): tuning without PDL: %s", done.returncode,
+                    cut((done.stderr or done.stdout).strip()[-600:]))
+        return False
+    log.info("%s", done.stdout.strip())
+    return True
+
 
 def prepare(wrapper: torch.nn.Module) -> None:
     """The module changes every compile starts from (each pass leaves an already changed module alone)."""
@@ -121,8 +163,10 @@ def prepare(wrapper: torch.nn.Module) -> None:
     fusion.use_single_query_attention(wrapper.model)
 
 
-def compile_static(wrapper: torch.nn.Module) -> Callable:
-    return torch.compile(wrapper, dynamic=False, fullgraph=True, options={**STATIC_OPTIONS, **fusion.compile_options()})
+def compile_static(wrapper: torch.nn.Module, options: dict[str, Any] | None = None) -> Callable:
+    """A static-shape compile; ``options`` (a profile's tuned options, see TUNE_VARIANTS) over STATIC_OPTIONS."""
+    return torch.compile(wrapper, dynamic=False, fullgraph=True,
+                         options={**STATIC_OPTIONS, **(options or {}), **fusion.compile_options()})
 
 
 # Inductor counters that tell whether a profile's compile reused cached work: an FX graph
@@ -142,11 +186,12 @@ class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
     The module is changed in place (projections fused, single tokens as GEMVs, single-query attention)
-    and owned by the engine.
+    and owned by the engine. ``static_options`` maps a static profile's name to the inductor options
+    its build-time tuning kept (:func:`tune_options`).
     """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, static_options: dict[str, dict[str, Any]] | None = None):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
         prepare(wrapper)
         self.wrapper = wrapper
@@ -156,7 +201,7 @@ class CompiledEngine(Engine):
             r = profiles.ranges(i)["input_ids"]
             t0, before = time.perf_counter(), compile_counts()
             if r.is_static:
-                fn = compile_static(wrapper)
+                fn = compile_static(wrapper, (static_options or {}).get(name))
                 runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
             else:
                 runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True,
@@ -242,9 +287,15 @@ def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.dev
         log.info("pinned %d tuned kernel launch configs", pin_kernel_configs(json.loads(configs.read_text())))
     wrapper = wrapper_from_artifacts(version_dir, manifest, device)
     with cached_configs_final():
-        engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda")
+        engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda",
+                                static_options=tune_options(manifest) if device.type == "cuda" else None)
     engine.version_dir = version_dir
     return engine
+
+
+def tune_options(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per static profile, the inductor options its build-time tuning kept (none for older builds)."""
+    return {name: dict(t["options"]) for name, t in (manifest.get("decode_tuning") or {}).items() if t.get("options")}
 
 
 # Build-time tuning of static profiles: compiles per profile, and replays timed per compile.
@@ -466,23 +517,58 @@ def compare_configs(kept: dict[str, dict], now: dict[str, dict]) -> dict[str, in
     return {"kept": len(kept), "same": same, "changed": len(kept) - same - missing, "missing": missing}
 
 
+# An attempt whose logits differ from the eager module's by more than this is refused, however fast:
+# fp16 compiles of gemma-3-1b differ by ~0.01-0.02 (bench/results), a wrong kernel or a race by far more.
+TUNE_MAX_DIFF = 0.1
+
+
+def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...], device: torch.device,
+                  max_diff: float = TUNE_MAX_DIFF) -> float:
+    """Max abs logit difference of a tuning attempt against the eager module, on two fixed inputs.
+
+    Raises ValueError past ``max_diff`` (relative to the largest reference logit when that exceeds 1),
+    so :func:`pick_fastest` records the attempt as failed and never keeps it.
+    """
+    worst = 0.0
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, 1000, shape, generator=g).to(device)
+        pos = torch.randint(0, 512, shape, generator=g).to(device)
+        with torch.no_grad():
+            ref = reference(ids, pos).float()
+            got = runner(ids, pos).float()
+        diff = (got - ref).abs().max().item()
+        bound = max_diff * max(1.0, ref.abs().max().item())
+        if not diff <= bound:  # NaN fails too
+            raise ValueError(f"logits differ from the eager module's by {diff:.4g} (allowed {bound:.4g})")
+        worst = max(worst, diff)
+    return worst
+
+
 def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
                         runs: int) -> tuple[bytes | None, dict[str, dict], dict]:
-    """Compile one static profile ``runs`` times from empty caches; the fastest replay wins.
+    """Compile one static profile ``runs`` times from empty caches; the fastest correct replay wins.
 
-    Each attempt compiles through :class:`CompiledEngine` (one static profile at
-    ``shape``), so it makes exactly the compile calls the built engine makes. Returns
-    the winner's cache artifacts (its chosen kernels and launch configs), its kernels'
-    launch configs (:func:`kernel_configs`) and the tuning record, with ``artifacts``:
-    the kinds the winner's artifacts hold, and ``kernel_configs``: how many kernels it
-    tuned. Loading those artifacts and pinning those configs before the engine is
-    compiled makes its compile a cache hit on exactly those kernels.
+    Attempt k compiles with the options ``tune_variants(device)[k % n]``. Each attempt compiles
+    through :class:`CompiledEngine` (one static profile at ``shape``), so it makes exactly the
+    compile calls the built engine makes, and is checked against the eager module
+    (:func:`check_attempt`). Returns the winner's cache artifacts (its chosen kernels and launch
+    configs), its kernels' launch configs (:func:`kernel_configs`) and the tuning record, with
+    ``options``: the winner's options; per attempt its options and ``max_abs_diff``;
+    ``artifacts``: the kinds the winner's artifacts hold; ``kernel_configs``: how many kernels it
+    tuned. Loading those artifacts and pinning those configs before the engine is compiled with
+    those options makes its compile a cache hit on exactly those kernels.
     """
+    variants = tune_variants(device)
+    diffs = {}
+
     def attempt(k: int) -> tuple[float, tuple[bytes | None, dict[str, dict]]]:
         torch._dynamo.reset()  # Dynamo would otherwise reuse the previous attempt's graph
         clear_recorded_artifacts()
+        options = variants[k % len(variants)]
         with fresh_compile_cache():
-            engine = CompiledEngine(wrapper, static_profile(shape), device)
+            engine = CompiledEngine(wrapper, static_profile(shape), device, static_options={"static": options})
+            diffs[k] = check_attempt(engine.runners[0], wrapper, shape, device)
             ms = replay_ms(engine.runners[0])
             saved = torch.compiler.save_cache_artifacts()
             configs = kernel_configs()
@@ -492,6 +578,11 @@ def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device
         return ms, (None if saved is None else saved[0], configs)
 
     (artifacts, configs), record = pick_fastest(attempt, runs)
+    for a in record["attempts"]:
+        a["options"] = variants[a["attempt"] % len(variants)]
+        if a["attempt"] in diffs:
+            a["max_abs_diff"] = diffs[a["attempt"]]
+    record["options"] = variants[record["winner"] % len(variants)]
     record["artifacts"] = artifact_counts(artifacts)
     record["kernel_configs"] = len(configs)
     torch._dynamo.reset()
@@ -503,7 +594,7 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     """Compile every profile on the GPU and save the compile cache; static profiles tuned first.
 
     ``tune_runs`` compiles per static profile (None: DEFAULT_TUNE_RUNS). The manifest's
-    ``decode_tuning`` maps each static profile to its attempts' replay times, the winner,
+    ``decode_tuning`` maps each static profile to its attempts' replay times, the winner and its options,
     and ``final_ms``, the replay of the engine compiled after loading the winner's
     artifacts: it should equal ``winner_ms`` within noise, or the winner was not reused.
     ``final_compile`` has that profile's COMPILE_COUNTERS in the engine: a pure reuse is
@@ -537,7 +628,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
                 torch.compiler.load_cache_artifacts(artifacts)
         pin_kernel_configs(pinned)  # and their launch configs, whatever the artifacts restored
         with cached_configs_final():
-            engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device)
+            engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device,
+                                    static_options={name: t["options"] for name, t in tuning.items()})
         now = kernel_configs()
         for i, name in enumerate(ctx.profiles.names):
             if name not in tuning:
