@@ -135,7 +135,7 @@ def tune_variants(device: torch.device) -> tuple[dict[str, Any], ...]:
     return TUNE_VARIANTS
 
 
-def pdl_works(device: torch.device, timeout_s: float = 300) -> bool:
+def pdl_works(device: torch.device, timeout_s: float = 120) -> bool:
     """Run ``llmprofiles.runtimes.pdl_probe`` on ``device`` in a child process (a kernel fault there
     cannot poison this process's CUDA context); True if it exits 0. Logs why not."""
     env = dict(os.environ)
