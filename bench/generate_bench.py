@@ -1156,8 +1156,7 @@ def report(state: dict) -> str:
                   "least recently go first, the others keep their tokens for a later response. A fresh server per "
                   "variant, `client/generate.py` over gRPC streaming; its ITL is per "
                   "token (a response's gap divided over the tokens it carries). The first row is the triton phase's, "
-                  "with the build's values (the product's defaults: `stream_interval` 1, `send_threads` 0, "
-                  "`send_budget_ms` 0).", "",
+                  "with the values the build wrote into `config.pbtxt` (its server log names them).", "",
                   *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
                   *(f"- {k}: {r['error']}" for k, r in variants.items() if r.get("error")), ""]
     if anchor and anchor.get("batches"):
