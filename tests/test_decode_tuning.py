@@ -321,6 +321,37 @@ def test_a_kernel_the_lookup_cannot_read_is_loaded_as_torch_would(monkeypatch, c
     assert len(warned) == 1 and warned[0].startswith("1 restored kernel(s) were looked up as torch does")
 
 
+def test_a_kernel_rebuilt_from_source_keeps_the_config_its_lookup_found(monkeypatch, caplog):
+    """PDL kernels cannot be launched statically, so they skip recheck_autotune_cache: their lookup happens when
+    they are rebuilt from source, and on the H200 a hit there was tuned again (75-88 benchmarks per compile)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.runtime import triton_heuristics as th
+
+    tuned = []
+    monkeypatch.setattr(th.CachingAutotuner, "coordinate_descent_tuning",
+                        lambda self, launcher, *a, **k: tuned.append(self.filename) or "re-tuned")
+    original = th.CachingAutotuner.coordinate_descent_tuning
+
+    def kernel(name, state):
+        return SimpleNamespace(filename=f"/cache/ab/{name}.py", autotune_cache_info={"autotune_cache_state": state})
+
+    counters.clear()
+    with compiled.fresh_compile_cache(), compiled.cached_configs_final():
+        coordesc = th.CachingAutotuner.coordinate_descent_tuning
+        launcher = SimpleNamespace(config=FakeConfig({"XBLOCK": 64}))
+        assert coordesc(kernel("c1", "hit"), launcher) is launcher  # kept as cached, not tuned
+        assert launcher.config.found_by_coordesc
+        assert coordesc(kernel("c2", "miss"), SimpleNamespace(config=FakeConfig({}))) == "re-tuned"
+        counted = kernel("c3", "miss")
+        counted._looked_up = True  # recheck_autotune_cache saw it and counted it already
+        assert coordesc(counted, SimpleNamespace(config=FakeConfig({}))) == "re-tuned"
+    assert tuned == ["/cache/ab/c2.py", "/cache/ab/c3.py"]
+    assert counters["inductor"]["kernel_config_hit"] == 1 and counters["inductor"]["kernel_config_miss"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "c2.py" in warned[0]
+    assert th.CachingAutotuner.coordinate_descent_tuning is original  # restored on exit
+
+
 def test_pdl_is_tried_only_where_its_probe_passes(monkeypatch):
     """The probe runs in a child process; a failing probe (or none to run) leaves PDL out of the tuning."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

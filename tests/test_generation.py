@@ -332,6 +332,16 @@ def test_greedy_rows_take_argmax_and_banned_tokens_are_never_chosen():
     assert sample(logits.clone(), [hot], [generator_for(hot, torch.device("cpu"))], [1]) != [1]
 
 
+def test_each_banned_token_is_removed_from_its_own_row_only():
+    """The ban is one fill at flat positions row * vocab + token, also for logits that are not contiguous."""
+    greedy = SamplingParams()
+    logits = torch.tensor([[9.0, 0.0, 0.0], [8.0, 7.0, 0.0], [0.0, 1.0, 6.0], [5.0, 4.0, 0.0]]).t().contiguous().t()
+    assert not logits.is_contiguous()
+    rows = [greedy] * 4
+    assert sample(logits, rows, [None] * 4, [0, None, 2, 0]) == [1, 0, 1, 1]
+    assert logits[0, 0] == 9.0  # the caller's logits are left alone
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")

@@ -61,11 +61,16 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
                   banned: list[int | None]) -> torch.Tensor:
     """:func:`sample` left on the logits' device (int64 ``[rows]``): on a GPU, nothing waits for it."""
-    logits = logits.to(torch.float32, copy=True)  # banned tokens are written in place
+    # banned tokens are written in place, at flat positions row * vocab + token
+    logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     rows = [i for i, token in enumerate(banned) if token is not None]
     if rows:  # one write for the batch: a write per row costs a kernel launch per row on the GPU
-        index = device_ints([rows, [banned[i] for i in rows]], logits.device)
-        logits[index[0], index[1]] = float("-inf")
+        # index_fill_ takes the value as a kernel argument. The indexed assignment it replaces
+        # (`logits[rows, tokens] = -inf`) waited for the stream on every step: the H200's sync-debug
+        # test (tests/test_generation_gpu.py) raised on it, 2026-11-30.
+        vocab = logits.shape[-1]
+        index = device_ints([i * vocab + banned[i] for i in rows], logits.device)
+        logits.view(-1).index_fill_(0, index, float("-inf"))
     out = logits.argmax(dim=-1)
     for i, p in enumerate(params):
         if p.greedy:

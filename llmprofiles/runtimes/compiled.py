@@ -452,6 +452,13 @@ def cached_configs_final():
     kept configs; a config found there is kept with its mark, so coordinate descent skips it; a re-tune
     after a miss is saved there. Counts ``kernel_config_hit`` and ``kernel_config_miss`` in inductor's
     counters (see COMPILE_COUNTERS). A torch without that method is left alone.
+
+    That lookup only runs for kernels torch launches statically. A kernel it cannot (a PDL kernel:
+    "static launch does not support launch attributes") is rebuilt from its source and looks its config
+    up in the current cache dir at once, but the hit still lost its mark: on the H200 (2026-11-30,
+    session 9) the PDL decode graph ran 75-88 coordinate-descent benchmarks at the build's final compile
+    and at every load. So ``CachingAutotuner.coordinate_descent_tuning`` is wrapped too: a kernel whose
+    lookup hit keeps its cached config, untuned, and counts as a hit.
     """
     from torch._dynamo.utils import counters
     from torch._inductor.runtime import triton_heuristics as th
@@ -469,7 +476,20 @@ def cached_configs_final():
             failed.append(f"{type(e).__name__}: {e}")
             original(self, reload_kernel_from_src)
 
+    def coordesc(self, launcher, *args, **kwargs):
+        counted = getattr(self, "_looked_up", False)  # recheck counted it already
+        if (getattr(self, "autotune_cache_info", None) or {}).get("autotune_cache_state") == "hit":
+            if not counted:
+                counters["inductor"]["kernel_config_hit"] += 1
+            launcher.config.found_by_coordesc = True
+            return launcher
+        if not counted:
+            counters["inductor"]["kernel_config_miss"] += 1
+            missed.append(Path(self.filename or "?").name)
+        return original_coordesc(self, launcher, *args, **kwargs)
+
     def keep_cached(self, reload_kernel_from_src):
+        self._looked_up = True
         if self.filename:
             self.filename = os.path.join(cache_dir(), *Path(self.filename).parts[-2:])
         configs = [r.config for r in self.compile_results]
@@ -496,11 +516,14 @@ def cached_configs_final():
 
     missed: list[str] = []
     failed: list[str] = []
+    original_coordesc = th.CachingAutotuner.coordinate_descent_tuning
     th.CachingAutotuner.recheck_autotune_cache = recheck
+    th.CachingAutotuner.coordinate_descent_tuning = coordesc
     try:
         yield
     finally:
         th.CachingAutotuner.recheck_autotune_cache = original
+        th.CachingAutotuner.coordinate_descent_tuning = original_coordesc
         if failed:
             log.warning("%d restored kernel(s) were looked up as torch does (its tuned config may be lost): %s",
                         len(failed), failed[0])
