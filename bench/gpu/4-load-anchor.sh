@@ -1,5 +1,6 @@
 # Call 4 (about 8 min): GPU 1: the generate load run (300 s at concurrency 64 with cancellations), then the stream
-# phase (how responses are sent: stream_interval 8, send_threads 4, send_budget_ms 2; STREAM_ARGS replaces those);
+# phase (how responses are sent, over the build's defaults (send_budget_ms 2): stream_interval 8, send_threads 4;
+# STREAM_ARGS replaces those);
 # GPU 0: with DV set, decode compile variants; the HF static-cache anchor (compiles about 70 s per batch size); llm's GPU tests. The anchor has its own state: merge it into the
 # main one when writing the report:
 #   python -m bench.generate_bench --phase report --state bench/tmp/generate-state.json --merge bench/tmp/anchor-state.json
@@ -14,5 +15,5 @@ source bench/gpu/env.sh
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
  tmo 420 make bench-generate PY=python3 BENCH_ARGS="--phase load --state $GEN_STATE --server-pythonpath /tmp/np1 --load-seconds ${LOAD_S:-300} --port-base 18800" > "$LOG/gen_load.log" 2>&1; el load rc=$?
  # How responses are sent, at concurrency 64: a server per variant (about 50 s each); the defaults are the triton phase's row.
- tmo 200 make bench-generate PY=python3 BENCH_ARGS="--phase stream --state $GEN_STATE --server-pythonpath /tmp/np1 --sweep-seconds 15 --port-base 18800 ${STREAM_ARGS:---stream-intervals 8 --stream-variant send_threads=4 --stream-variant send_budget_ms=2}" > "$LOG/gen_stream.log" 2>&1; el generate stream phase rc=$?) & P1=$!
+ tmo 200 make bench-generate PY=python3 BENCH_ARGS="--phase stream --state $GEN_STATE --server-pythonpath /tmp/np1 --sweep-seconds 15 --port-base 18800 ${STREAM_ARGS:---stream-intervals 8 --stream-variant send_threads=4}" > "$LOG/gen_stream.log" 2>&1; el generate stream phase rc=$?) & P1=$!
 wait $P0 $P1; finish
