@@ -23,7 +23,7 @@ class Engine:
     def __init__(self, profiles: ProfileSet, vocab_size: int, device: torch.device):
         self.profiles = profiles
         self.vocab_size = vocab_size
-        self.device = device
+        self.device = torch.device(device)
 
     def select(self, shapes: dict[str, tuple[int, ...]], choice: object = "auto") -> int:
         return select_profile(self.profiles, shapes, choice)
@@ -37,13 +37,33 @@ class Engine:
         shapes = {"input_ids": tuple(input_ids.shape), "position_ids": tuple(position_ids.shape)}
         if shapes["input_ids"] != shapes["position_ids"] or not self.profiles.fits(profile_index, shapes):
             raise SelectionError(f"shapes {shapes} are outside profile {self.profiles.describe(profile_index)}")
-        # non_blocking: a copy from pageable host memory is staged before the call returns, without
-        # the stream synchronize a blocking copy adds (the graph that follows is queued behind it).
-        return self._forward(profile_index, input_ids.to(self.device, non_blocking=True),
-                             position_ids.to(self.device, non_blocking=True))
+        return self._forward(profile_index, *self._inputs(profile_index, input_ids, position_ids))
+
+    def _inputs(self, profile_index: int, input_ids: torch.Tensor,
+                position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs as ``_forward`` takes them: on the engine's device (a runtime may take host tensors)."""
+        return to_device(input_ids, self.device), to_device(position_ids, self.device)
 
     def _forward(self, profile_index: int, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def copy_in(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src)`` without a stream sync where that is safe.
+
+    From pageable host memory the driver stages the copy before the call returns, so the host
+    need not wait for the stream. From pinned memory the GPU would read ``src`` later, after the
+    caller may have reused it, so that copy waits.
+    """
+    return dst.copy_(src, non_blocking=src.is_cuda or not src.is_pinned())
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, copied as :func:`copy_in` copies."""
+    device = torch.device(device)
+    if t.device == device or (device.index is None and t.device.type == device.type):
+        return t
+    return copy_in(torch.empty(t.shape, dtype=t.dtype, device=device), t)
 
 
 __all__ = ["Engine", "EngineLoadError", "profiles_of"]

@@ -43,3 +43,19 @@ def test_manifest_without_runtime_fails_load_saying_make_build(tmp_path):
 def test_manifest_fields_cannot_override_the_format_version(tmp_path):
     write_manifest(tmp_path, {"profiles": MULTI.to_dict(), "format_version": 99}, [])
     assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == 1
+
+
+def test_inputs_go_to_the_device_without_a_stream_sync_unless_the_gpu_would_read_them_later():
+    """Pageable host memory is staged before the copy returns (safe without a sync); pinned memory is read
+    by the GPU later, after the caller may have reused it, so that copy blocks."""
+    from types import SimpleNamespace
+
+    from llmprofiles.engine import copy_in, to_device
+
+    calls = []
+    dst = SimpleNamespace(copy_=lambda src, non_blocking: calls.append((src.name, non_blocking)) or dst)
+    for name, pinned, cuda in (("pageable", False, False), ("pinned", True, False), ("device", False, True)):
+        copy_in(dst, SimpleNamespace(name=name, is_pinned=lambda p=pinned: p, is_cuda=cuda))
+    assert calls == [("pageable", True), ("pinned", False), ("device", True)]
+    t = torch.arange(3)
+    assert to_device(t, "cpu") is t and to_device(t, torch.device("cpu")) is t  # already there: no copy

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from llmprofiles import models
-from llmprofiles.engine import Engine
+from llmprofiles.engine import Engine, copy_in
 from llmprofiles.manifest import EngineLoadError, profiles_of
 from llmprofiles.profiles.spec import InputSpec, ProfileSet, ShapeRange
 from llmprofiles.runtimes import fusion
@@ -73,8 +73,8 @@ class StaticGraphRunner:
         if self.graph is None:
             with torch.no_grad():
                 return self.fn(input_ids, position_ids)
-        self.ids.copy_(input_ids, non_blocking=True)
-        self.pos.copy_(position_ids, non_blocking=True)
+        copy_in(self.ids, input_ids)  # host or device tensors, any layout: straight into the graph's inputs
+        copy_in(self.pos, position_ids)
         self.graph.replay()
         return self.out.clone()  # the next replay overwrites self.out
 
@@ -121,7 +121,8 @@ STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "trit
 # Programmatic dependent launch (Hopper and later): each kernel lets the next one start launching once
 # its own loads are done, and the next one waits for it (griddepcontrol) before reading what it wrote.
 # The decode graph is 212 small kernels with a launch ramp each (issue 12). Inductor leaves matmul
-# templates without it.
+# templates without it. On the H200 a PDL compile won both fresh builds: kept replays 0.990 and 0.998 ms,
+# the compiles without PDL 1.270 and 1.209 ms (bench/NOTES.md, session 9).
 PDL = {"triton.enable_pdl": True}
 TUNE_VARIANTS = (PDL, {})
 
@@ -244,8 +245,17 @@ class CompiledEngine(Engine):
                             f"warm-up on a request at {list(shape)} (position_ids strides {pos.stride()}): {e}"
                         ) from None
 
+    def _inputs(self, profile_index, input_ids, position_ids):
+        runner = self.runners[profile_index]
+        if isinstance(runner, StaticGraphRunner) and runner.graph is not None:
+            return input_ids, position_ids  # the runner copies them into its graph's inputs, from the host
+        return super()._inputs(profile_index, input_ids, position_ids)
+
     def _forward(self, profile_index, input_ids, position_ids):
-        return self.runners[profile_index](compiled_layout(input_ids), compiled_layout(position_ids))
+        runner = self.runners[profile_index]
+        if isinstance(runner, StaticGraphRunner) and runner.graph is not None:
+            return runner(input_ids, position_ids)  # a replay: no guards, so no layout to match
+        return runner(compiled_layout(input_ids), compiled_layout(position_ids))
 
 
 def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> torch.nn.Module:
