@@ -41,8 +41,16 @@ def test_foreground_server_serves_on_the_given_ports(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("server started by `python -m llmprofiles.serving.launcher` never became ready")
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
-            assert "llm_profile_requests_total" in r.read().decode()
+        # The metrics endpoint may open a moment after the HTTP one reports ready (a CI run was refused once).
+        text = None
+        while text is None and time.time() < deadline + 30:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert text is not None, f"no metrics on port {metrics} after the server was ready"
+        assert "llm_profile_requests_total" in text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
