@@ -27,7 +27,7 @@ import torch
 from llmprofiles import models
 from llmprofiles.loadgen import percentiles
 from llmprofiles.runtimes import fusion
-from llmprofiles.runtimes.compiled import STATIC_OPTIONS, StaticGraphRunner
+from llmprofiles.runtimes.compiled import PDL, STATIC_OPTIONS, StaticGraphRunner
 
 CDT = {"coordinate_descent_tuning": True}
 NO_CDT = {"coordinate_descent_tuning": False}
@@ -55,7 +55,7 @@ VARIANTS = {
     "fused+gemv+cdt+sqa+aggr": (True, True, True, {**CDT, "aggressive_fusion": True}),
     # Programmatic dependent launch: each kernel starts launching while the one before it finishes
     # (the build tries it too: compiled.TUNE_VARIANTS).
-    "fused+gemv+cdt+sqa+pdl": (True, True, True, {**CDT, "triton.enable_pdl": True}),
+    "fused+gemv+cdt+sqa+pdl": (True, True, True, {**CDT, **PDL}),
 }
 
 

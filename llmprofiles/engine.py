@@ -49,11 +49,11 @@ class Engine:
 
 
 def copy_in(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """``dst.copy_(src)`` without a stream sync where that is safe.
+    """``dst.copy_(src)`` without PyTorch's stream sync where that is safe.
 
-    From pageable host memory the driver stages the copy before the call returns, so the host
-    need not wait for the stream. From pinned memory the GPU would read ``src`` later, after the
-    caller may have reused it, so that copy waits.
+    From pageable host memory the driver has staged ``src`` by the time the call returns (it may
+    wait for the stream to do so), so the caller may reuse ``src`` at once. From pinned memory the
+    GPU would read ``src`` later, after the caller may have reused it, so that copy waits.
     """
     return dst.copy_(src, non_blocking=src.is_cuda or not src.is_pinned())
 

@@ -587,10 +587,10 @@ def test_overlap_is_on_where_the_device_computes_apart_from_the_host(hf):
 
 
 def test_weights_moved_to_the_device_once_each_and_a_tied_lm_head_stays_the_embedding():
-    from llmprofiles.generation.engine import to_device
+    from llmprofiles.generation.engine import weights_to_device
 
     embed, other = torch.ones(4, 2), torch.zeros(3)
-    moved = to_device({"embed": embed, "lm_head": embed, "norm": other}, torch.device("meta"))
+    moved = weights_to_device({"embed": embed, "lm_head": embed, "norm": other}, torch.device("meta"))
     assert all(t.device.type == "meta" for t in moved.values())
     assert moved["lm_head"] is moved["embed"] and moved["norm"] is not moved["embed"]
     assert moved["embed"].shape == (4, 2) and moved["norm"].shape == (3,)

@@ -257,7 +257,7 @@ class GenerationEngine:
         return times
 
 
-def to_device(weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def weights_to_device(weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Each tensor on ``device`` once: names that share a tensor (a tied lm_head) still share it there."""
     moved: dict[int, torch.Tensor] = {}
     return {k: moved.setdefault(id(v), v.to(device)) for k, v in weights.items()}
@@ -282,7 +282,7 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     # allocator for good (about 0.9 GiB of fused matrices for gemma-3-1b, by their sizes), where neither the KV pool
     # nor the graphs could use them.
     weights = fuse_weights(shape, {k: v.to(dtype) for k, v in load_file(str(version_dir / WEIGHTS)).items()})
-    engine = GenerationEngine(shape, to_device(weights, device), spec, device)
+    engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device)
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",
              len(engine.profiles), list(engine.profiles.names), spec.slots, spec.max_context,
              engine.kv_bytes / 2**20, device)

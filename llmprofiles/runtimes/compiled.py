@@ -248,14 +248,13 @@ class CompiledEngine(Engine):
     def _inputs(self, profile_index, input_ids, position_ids):
         runner = self.runners[profile_index]
         if isinstance(runner, StaticGraphRunner) and runner.graph is not None:
-            return input_ids, position_ids  # the runner copies them into its graph's inputs, from the host
-        return super()._inputs(profile_index, input_ids, position_ids)
+            # A replay has no guards: the runner copies host tensors of any layout into its graph's inputs.
+            return input_ids, position_ids
+        input_ids, position_ids = super()._inputs(profile_index, input_ids, position_ids)
+        return compiled_layout(input_ids), compiled_layout(position_ids)
 
     def _forward(self, profile_index, input_ids, position_ids):
-        runner = self.runners[profile_index]
-        if isinstance(runner, StaticGraphRunner) and runner.graph is not None:
-            return runner(input_ids, position_ids)  # a replay: no guards, so no layout to match
-        return runner(compiled_layout(input_ids), compiled_layout(position_ids))
+        return self.runners[profile_index](input_ids, position_ids)
 
 
 def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -454,8 +453,9 @@ def cached_configs_final():
     temp cache dir of the build's winning attempt, long gone. On the H200 (torch 2.11, 2026-11-30) the
     build's final compile ran coordinate descent again (79-86 benchmarks), saving what it found under
     that stale path; loads then hit those files or not (0 and 12 benchmarks), and the built engines
-    replayed 6-12% slower than the compiles they kept. torch 2.11 also drops a cached config's ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was
-    tuned again, and it ignores the cache for a kernel with one candidate config.
+    replayed 6-12% slower than the compiles they kept. torch 2.11 also drops a cached config's
+    ``found_by_coordesc`` mark (pytorch/pytorch#172819), so even a hit was tuned again, and it ignores
+    the cache for a kernel with one candidate config.
 
     This wraps ``CachingAutotuner.recheck_autotune_cache`` (the lookup on a cache hit): the kernel's path
     is re-rooted into the current cache dir, where the artifacts and :func:`pin_kernel_configs` put the
