@@ -170,15 +170,9 @@ def fill_slots(engine, slots: int, context: int, rng: np.random.Generator) -> No
             engine.prefill(slot, ids[start:start + chunk], start)
 
 
-def attention_length(engine, needed: int) -> int:
-    """The attention length a step that reads ``needed`` pool positions runs at (its captured graph's)."""
-    lengths = getattr(engine, "kv_lengths", None) or (engine.spec.max_context,)
-    return next(k for k in lengths if k >= needed)
-
-
 def replay_gpu_ms(engine, index: int, needed: int, iters: int) -> dict | None:
     """GPU time of the captured graph alone (CUDA events around one replay), inputs as last filled."""
-    graph = engine.graphs.get((index, attention_length(engine, needed))) if engine.cuda_graphs else None
+    graph = engine.graphs.get(engine.graph_key(index, needed)) if engine.cuda_graphs else None
     if graph is None:
         return None
     samples = []
@@ -206,7 +200,8 @@ def time_decode(engine, batch: int, position: int, iters: int, warmup: int, sync
         sync()
         samples.append((time.perf_counter() - t0) * 1e3)
     return {"batch": batch, "profile": engine.profiles.names[index], "context": position,
-            "attention_length": attention_length(engine, position + 1), "call_ms": ms_stats(samples),
+            "attention_length": engine.graph_key(index, position + 1)[1],
+            "attention": "kernel" if engine.forward.decode_kernel else "matmuls", "call_ms": ms_stats(samples),
             "replay_ms": replay_gpu_ms(engine, index, position + 1, iters)}
 
 
@@ -226,12 +221,31 @@ def time_prefill(engine, length: int, iters: int, warmup: int, sync, rng: np.ran
             "replay_ms": replay_gpu_ms(engine, index, length, iters)}
 
 
+def compare_attention(engine, buckets: list[int], position: int, iters: int, warmup: int, sync) -> dict:
+    """Decode with the batched-matmul attention beside the kernel, in one process: ``{form: {batch: time_decode}}``.
+
+    The matmul form's graphs are captured here (its layer half compiles for decode shapes first); the kernel's
+    graphs are put back after, and the kernel is timed again last, so both forms run in the same window.
+    """
+    kept, out = engine.graphs, {}
+    engine.graphs, engine.forward.decode_kernel = {}, False
+    try:
+        out["matmuls"] = {str(b): time_decode(engine, b, position, iters, warmup, sync) for b in buckets}
+    finally:
+        engine.graphs, engine.forward.decode_kernel = kept, True
+    out["kernel"] = {str(b): time_decode(engine, b, position, iters, warmup, sync) for b in buckets}
+    return out
+
+
 def memory_now(device: torch.device) -> dict | None:
     """PyTorch's allocated and reserved bytes on ``device`` now (None off CUDA)."""
     if device.type != "cuda":
         return None
     torch.cuda.synchronize(device)
-    return {"allocated_bytes": torch.cuda.memory_allocated(device), "reserved_bytes": torch.cuda.memory_reserved(device)}
+    stats = torch.cuda.memory_stats(device)
+    # inactive split: reserved blocks cut up by earlier allocations and free now (the allocator's fragmentation)
+    return {"allocated_bytes": stats["allocated_bytes.all.current"], "reserved_bytes": stats["reserved_bytes.all.current"],
+            "inactive_split_bytes": stats["inactive_split_bytes.all.current"]}
 
 
 def weight_bytes(engine) -> int:
@@ -380,17 +394,23 @@ def phase_engine(a, state: dict) -> dict:
     context = min(a.decode_context, spec.max_context - 1)
     fill_slots(engine, spec.max_batch, context, rng)
     sync()
+    stages["after_filling_slots"] = memory_now(device)
     decode = {}
     for b in spec.decode_buckets:
         decode[str(b)] = time_decode(engine, b, context, a.decode_iters, a.decode_warmup, sync)
         r = decode[str(b)]
         print(f"decode batch {b}: call p50 {r['call_ms']['p50_ms']:.3f} ms, p99 {r['call_ms']['p99_ms']:.3f} ms"
               + (f", graph replay p50 {r['replay_ms']['p50_ms']:.3f} ms" if r["replay_ms"] else ""), flush=True)
+    stages["after_decode_timing"] = memory_now(device)
     prefill = {}
     for n in spec.prefill_buckets:
         prefill[str(n)] = time_prefill(engine, n, a.prefill_iters, max(1, a.decode_warmup // 4), sync, rng)
         print(f"prefill {n}: p50 {prefill[str(n)]['call_ms']['p50_ms']:.3f} ms", flush=True)
-    gaps = {b: host_gap(engine, tokenizer, decode, a.gap_rounds, rng, batch=b) for b in (spec.max_batch, 1)}
+    stages["after_prefill_timing"] = memory_now(device)
+    gaps = {}
+    for b in (spec.max_batch, 1):
+        gaps[b] = host_gap(engine, tokenizer, decode, a.gap_rounds, rng, batch=b)
+        stages[f"after_scheduler_at_batch_{b}"] = memory_now(device)
     for g in gaps.values():
         print(f"host gap at batch {g['concurrency']}: step wall p50 {g['step_wall_ms']['p50_ms']:.3f} ms vs GPU "
               f"{g['gpu_step_p50_ms']:.3f} ms -> gap {g['host_gap_ms']:.3f} ms", flush=True)
@@ -402,10 +422,16 @@ def phase_engine(a, state: dict) -> dict:
                    "max_reserved_bytes": torch.cuda.max_memory_reserved(device)}
         for key in ("allocated", "reserved"):
             memory[f"rest_{key}_bytes"] = memory[f"max_{key}_bytes"] - memory["weights_bytes"] - memory["kv_bytes"]
-        stages["after_timing"] = memory_now(device)
-        memory["stages"] = {k: {"allocated_bytes": r["allocated_bytes"] - base, "reserved_bytes": r["reserved_bytes"]}
-                            for k, r in stages.items()}
+        memory["stages"] = {k: r | {"allocated_bytes": r["allocated_bytes"] - base} for k, r in stages.items()}
     print(f"memory: {json.dumps(memory)}", flush=True)
+    attention_ab = None
+    if cuda and engine.forward.decode_kernel:  # after the memory figures: the matmul form's graphs add their own
+        attention_ab = compare_attention(engine, sorted({1, spec.max_batch}), context, a.decode_iters,
+                                         a.decode_warmup, sync)
+        for form, rows in attention_ab.items():
+            print(f"decode attention {form}: " + ", ".join(
+                f"batch {b} call p50 {r['call_ms']['p50_ms']:.3f} ms, replay p50 "
+                f"{r['replay_ms']['p50_ms'] if r['replay_ms'] else float('nan'):.3f} ms" for b, r in rows.items()), flush=True)
     dtype = getattr(torch, read_manifest(version_dir, verify=False)["dtype"])
     hf = load_hf(version_dir, dtype, device)
     greedy = greedy_vs_hf(engine, tokenizer, hf, a.correctness_n, a.correctness_tokens, a.hf_batch, rng)
@@ -413,6 +439,7 @@ def phase_engine(a, state: dict) -> dict:
           flush=True)
     return {"load_s": load_s, "warm_up_s": warm, "profiles": list(engine.profiles.names), "decode": decode,
             "prefill": prefill, "host_gap": gap, "host_gap_b1": gaps[1], "memory": memory, "greedy": greedy,
+            "attention_ab": attention_ab,
             "spec": spec.to_dict(), "dtype": str(dtype).replace("torch.", "")}
 
 
@@ -1063,13 +1090,16 @@ def report(state: dict) -> str:
         lines += [f"**The {phase} phase failed:**", "", "```", error[-3000:], "```", ""]
     lines += ["## Targets (issue 11)", "", *table(["target", "measured", "verdict"], targets(state)), ""]
     if eng:
+        first_decode = next(iter(eng["decode"].values()))
         lines += ["## Engine alone", "",
                   f"Load {eng['load_s']:.1f} s, then warm-up of {len(eng['warm_up_s'])} profiles "
                   f"{sum(eng['warm_up_s']):.1f} s (graph capture on CUDA; eager on CPU).", "",
-                  f"Decode step, the bucket full, at {next(iter(eng['decode'].values()))['context']} positions of "
-                  "context (on CUDA the graph captured for attention length "
-                  f"{next(iter(eng['decode'].values())).get('attention_length', '-')}): the engine call (host inputs, "
-                  "copy, replay, GPU sync) and the captured graph alone (GPU time).",
+                  f"Decode step, the bucket full, at {first_decode['context']} positions of context ("
+                  + ("attention by the kernel that reads each row's context in place"
+                     if first_decode.get("attention") == "kernel" else
+                     f"batched matmuls; on CUDA the graph captured for attention length "
+                     f"{first_decode.get('attention_length', '-')}")
+                  + "): the engine call (host inputs, copy, replay, GPU sync) and the captured graph alone (GPU time).",
                   "", *table(["batch", "profile", "call p50 ms", "call p99 ms", "graph replay p50 ms", "tokens/s (call p50)"],
                              [[str(d["batch"]), d["profile"], fmt(d["call_ms"]["p50_ms"], 3),
                                fmt(d["call_ms"]["p99_ms"], 3),
@@ -1078,6 +1108,17 @@ def report(state: dict) -> str:
                   "", *table(["prefill length", "profile", "p50 ms", "p99 ms"],
                              [[str(p["length"]), p["profile"], fmt(p["call_ms"]["p50_ms"], 3),
                                fmt(p["call_ms"]["p99_ms"], 3)] for p in eng["prefill"].values()]), ""]
+        ab = eng.get("attention_ab")
+        if ab:
+            def cell(r: dict) -> str:
+                return (f"{fmt(r['call_ms']['p50_ms'], 3)} / "
+                        + (fmt(r["replay_ms"]["p50_ms"], 3) if r["replay_ms"] else "-"))
+            lines += ["Decode attention side by side, in the same process after the figures above: the batched "
+                      "matmuls over gathered slots (the layer half compiled for decode shapes, graphs captured then) "
+                      "against the kernel that reads the pool in place (timed again after them). Engine call p50 / "
+                      "graph replay p50, ms:", "",
+                      *table(["batch", "batched matmuls", "attention kernel"],
+                             [[b, cell(r), cell(ab["kernel"][b])] for b, r in ab["matmuls"].items()]), ""]
         g = eng["host_gap"]
         lines += [f"Host gap: the real Scheduler in-process (no-op emit), {g['concurrency']} requests of "
                   f"{PROMPT_LEN}+{OUTPUT_TOKENS} tokens, {g['steps']} decode steps at full batch: wall per step p50 "
@@ -1102,10 +1143,13 @@ def report(state: dict) -> str:
         lines += ["GPU memory of the engine (PyTorch's counters, after every bucket and the scheduler ran; the "
                   "CUDA context is not included):", "", *table(["what", "MiB"], rows), ""]
         if mem.get("stages"):
-            lines += ["By stage (allocated beyond what was allocated before the load; reserved in all):", "",
-                      *table(["stage", "allocated MiB", "reserved MiB"],
+            lines += ["By stage (allocated beyond what was allocated before the load; reserved in all; inactive split: "
+                      "reserved, free, and cut up by earlier allocations):", "",
+                      *table(["stage", "allocated MiB", "reserved MiB", "inactive split MiB"],
                              [[k.replace("_", " "), f"{r['allocated_bytes'] / 2**20:,.0f}",
-                               f"{r['reserved_bytes'] / 2**20:,.0f}"] for k, r in mem["stages"].items()]), ""]
+                               f"{r['reserved_bytes'] / 2**20:,.0f}",
+                               f"{r['inactive_split_bytes'] / 2**20:,.0f}" if "inactive_split_bytes" in r else "-"]
+                              for k, r in mem["stages"].items()]), ""]
         gr = eng["greedy"]
         rest = (f"; the others first differ at tokens {gr['first_divergence']} (median "
                 f"{fmt(gr['median_first_divergence'], 1)})" if gr["first_divergence"] else "")
@@ -1294,7 +1338,8 @@ def main(argv: list[str] | None = None) -> None:
                           "over this Python (the stub ignores PYTHONPATH)")
     tri.add_argument("--port-base", type=int, default=18700, help="HTTP port; gRPC and metrics take the next two")
     stm = p.add_argument_group("stream phase")
-    stm.add_argument("--stream-intervals", type=ints, help="stream_interval values, one server each (full: 4,8)")
+    stm.add_argument("--stream-intervals", type=lambda t: [] if t == "none" else ints(t),
+                     help="stream_interval values, one server each (full: 4,8; none: only the --stream-variant ones)")
     stm.add_argument("--stream-variant", type=parse_variant, action="append", default=[],
                      help="more servers, each with these config parameters, e.g. send_threads=4,stream_interval=4 "
                           f"(repeatable; names: {', '.join(STREAM_PARAMS)})")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels (the generate engine's decode attention) run in Triton's interpreter, where
+# Triton is installed. Set before anything imports triton: triton.jit reads it as a kernel is defined, and the
+# interpreter reads it at launch. Inductor turns its autotune cache off while it is set (tests of that cache
+# unset it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"

@@ -18,6 +18,12 @@ from llmprofiles.runtimes import compiled
 from llmprofiles.runtimes.compiled import pick_fastest
 
 
+@pytest.fixture(autouse=True)
+def inductor_autotune_cache_on(monkeypatch):
+    """Inductor reads no autotune cache under Triton's interpreter (conftest.py sets it without a GPU)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 def fake_attempts(times: list[float | Exception]):
     """An attempt function over fixed outcomes: a time, or an exception that attempt raises."""
     calls = []

@@ -296,7 +296,7 @@ def test_report_breaks_the_engines_memory_down_by_stage():
         "after_load": {"allocated_bytes": 5000 * mib, "reserved_bytes": 5100 * mib},
         "after_warm_up": {"allocated_bytes": 5400 * mib, "reserved_bytes": 5800 * mib}}
     md = report(state)
-    assert "| after load | 5,000 | 5,100 |" in md and "| after warm up | 5,400 | 5,800 |" in md
+    assert "| after load | 5,000 | 5,100 | - |" in md and "| after warm up | 5,400 | 5,800 | - |" in md
     assert "By stage" not in report(met_state())
 
 
@@ -309,3 +309,14 @@ def test_report_gives_the_host_gap_of_one_stream_beside_the_full_batch():
     assert ("The same with one stream: wall per step p50 2.900 ms against 1.820 ms for the step alone: "
             "the device waits 1.080 ms per step for the host.") in md
     assert "The same with one stream" not in report(met_state())
+
+
+def test_report_puts_the_decode_attention_forms_side_by_side():
+    state = met_state()
+    state["engine"]["decode"]["1"]["attention"] = "kernel"
+    state["engine"]["attention_ab"] = {"matmuls": {"1": decode(1, 1.9), "64": decode(64, 2.8)},
+                                       "kernel": {"1": decode(1, 1.5), "64": decode(64, 2.1)}}
+    md = report(state)
+    assert "attention by the kernel that reads each row's context in place" in md
+    assert "| 1 | 1.900 / 1.710 | 1.500 / 1.350 |" in md and "| 64 | 2.800 / 2.520 | 2.100 / 1.890 |" in md
+    assert "Decode attention side by side" not in report(met_state())

@@ -40,7 +40,7 @@ STREAM_INTERVAL = 1
 # against 1,956 tokens/s and 42.5 ms with none (and 5,749 / 15.9 ms with stream_interval 8). One stream
 # sends one response per step, far inside the budget, so every token still leaves as it is made.
 SEND_BUDGET_MS = 2
-CODE = ["generation/build.py", "generation/forward.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
+CODE = ["generation/build.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
 INPUTS = (
@@ -126,11 +126,16 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
             files = tok.train_bpe(hf.config.vocab_size, version_dir, spec.max_context)
         else:
             files = tok.copy_tokenizer(Path(source), version_dir)
-    manifest = write_manifest(version_dir, {
-        "inputs_hash": inputs_hash, "model": source, "runtime": RUNTIME, "generation": spec.to_dict(),
-        "profiles": profiles.to_dict(), "device": device_t.type, "dtype": dtype, "vocab_size": hf.config.vocab_size,
-        "versions": inputs["versions"],
-    }, [MODEL_CONFIG, WEIGHTS, *files])
+    fields = {"inputs_hash": inputs_hash, "model": source, "runtime": RUNTIME, "generation": spec.to_dict(),
+              "profiles": profiles.to_dict(), "device": device_t.type, "dtype": dtype,
+              "vocab_size": hf.config.vocab_size, "versions": inputs["versions"]}
+    if device_t.type == "cuda":
+        from llmprofiles.generation.engine import check_decode_kernel
+
+        with step("check the decode attention kernel against the batched matmuls"):
+            fields["decode_attention"] = check_decode_kernel(hf, device_t)
+        print(f"{model_dir.name}: decode attention: {fields['decode_attention']}")
+    manifest = write_manifest(version_dir, fields, [MODEL_CONFIG, WEIGHTS, *files])
     write_triton_config(model_dir, device_t, max_queue)
     print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
     if device_t.type == "cuda":

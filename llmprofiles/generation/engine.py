@@ -78,13 +78,15 @@ def kv_buckets(max_context: int, smallest: int = 128) -> tuple[int, ...]:
 class GenerationEngine:
     """Steps of a causal LM over a KV slot pool; ``profiles[i]`` is step profile ``i``.
 
-    On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
-    (a step reads only as many pool positions as its longest sequence needs, rounded up), all in one
-    memory pool. ``compile`` compiles the dense layer parts first (default: on CUDA).
+    On CUDA each profile is captured as CUDA graphs, all in one memory pool: a prefill bucket once per
+    attention length in :func:`kv_buckets` (a step reads only as many pool positions as its longest
+    sequence needs, rounded up), a decode bucket once when the attention kernel runs it (each row then
+    reads its own context) and per length otherwise (:meth:`captured_lengths`). ``compile`` compiles the dense layer parts first (default: on CUDA).
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
-                 device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None):
+                 device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None,
+                 decode_kernel: bool | None = None):
         self.shape, self.spec, self.device = shape, spec, torch.device(device)
         self.profiles = spec.profiles()
         self.vocab_size = shape.vocab_size
@@ -92,7 +94,8 @@ class GenerationEngine:
         on_cuda = self.device.type == "cuda"
         k_pool, v_pool = allocate_pool(shape.num_layers, spec.slots, spec.max_context, shape.num_kv_heads,
                                        shape.head_dim, self.dtype, self.device)
-        self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile)
+        self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile,
+                                 decode_kernel=decode_kernel)
         self.pool = SlotPool(spec.slots)
         self.kv_bytes = kv_pool_bytes(shape, spec.slots, spec.max_context, self.dtype)
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
@@ -191,8 +194,7 @@ class GenerationEngine:
         n = len(rows)
         needed = max(s + len(r) for r, s in zip(rows, starts))
         if self.cuda_graphs:
-            kv_len = next(k for k in self.kv_lengths if k >= needed)
-            graph, buffers, out = self._graph(index, kv_len)
+            graph, buffers, out = self._graph(*self.graph_key(index, needed))
             buffers.fill(host)
             self._copied[index] = torch.cuda.Event()
             self._copied[index].record()
@@ -208,6 +210,22 @@ class GenerationEngine:
             x.tokens[:n, 0] = device_tokens
         with torch.inference_mode():
             return self._forward(x, needed)[:n]
+
+    def captured_lengths(self, index: int) -> tuple[int, ...]:
+        """The attention lengths profile ``index`` is captured at.
+
+        A decode step that attends with the kernel reads each row's own context whatever the length:
+        one graph serves it. Otherwise one graph per length in :func:`kv_buckets` the step may need.
+        """
+        seq = self.step_shapes[index][1]
+        if seq == 1 and self.forward.decode_kernel:
+            return self.kv_lengths[:1]
+        return tuple(k for k in self.kv_lengths if k >= seq)
+
+    def graph_key(self, index: int, needed: int) -> tuple[int, int]:
+        """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions."""
+        lengths = self.captured_lengths(index)
+        return index, lengths[0] if len(lengths) == 1 else next(k for k in lengths if k >= needed)
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
         return self.forward(x.tokens, x.positions, x.slots, x.write_slots, x.write_pos, x.last, kv_len)
@@ -243,10 +261,9 @@ class GenerationEngine:
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
             if self.cuda_graphs:
-                for kv_len in self.kv_lengths:
-                    if kv_len >= seq:
-                        graph, buffers, _ = self._graph(i, kv_len)
-                        graph.replay()
+                for kv_len in self.captured_lengths(i):
+                    graph, buffers, _ = self._graph(i, kv_len)
+                    graph.replay()
                 torch.cuda.synchronize(self.device)
             else:
                 x = StepInputs.scratch(batch, seq, self.device, self.pool.scratch)
@@ -261,6 +278,44 @@ def weights_to_device(weights: dict[str, torch.Tensor], device: torch.device) ->
     """Each tensor on ``device`` once: names that share a tensor (a tied lm_head) still share it there."""
     moved: dict[int, torch.Tensor] = {}
     return {k: moved.setdefault(id(v), v.to(device)) for k, v in weights.items()}
+
+
+def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 4) -> dict:
+    """Whether the decode attention kernel runs here and matches the batched matmuls, for the build's manifest.
+
+    Two small engines on ``device`` (eager, the model's weights and dtype), one with the kernel: a prompt
+    prefilled into two slots, then decode steps of both rows, fed the matmul engine's greedy tokens. The
+    kernel is kept when every step's logits agree within fp16 rounding, with the largest difference; else
+    the reason it was refused, and the engine serves decode with the batched matmuls.
+    """
+    shape = ModelShape.from_config(hf.config.to_dict())
+    spec = GenerationSpec(slots=2, max_context=128, decode_buckets=(2,), prefill_buckets=(32,))
+    weights = fuse_weights(shape, {k: v.detach() for k, v in hf.state_dict().items()})
+    try:
+        engines = [GenerationEngine(shape, weights_to_device(weights, device), spec, device, cuda_graphs=False,
+                                    compile=False, decode_kernel=use) for use in (True, False)]
+        prompt = list(range(4, 4 + 24))
+        for e in engines:
+            for slot in (0, 1):
+                e.prefill(slot, prompt[:20 + 4 * slot], 0)
+        tokens, positions, worst, scale = [5, 6], [20, 24], 0.0, 0.0
+        for _ in range(steps):
+            got, want = (e.decode([0, 1], tokens, positions)[0].float() for e in engines)
+            worst = max(worst, (got - want).abs().max().item())
+            scale = max(scale, want.abs().max().item())
+            tokens, positions = want.argmax(-1).tolist(), [p + 1 for p in positions]
+    except Exception as e:  # noqa: BLE001 - any failure means the kernel is not used; the manifest says why
+        return {"use": "matmuls", "reason": f"the kernel failed: {type(e).__name__}: {str(e)[:300]}"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    # Loose on purpose: the two forms round differently in fp16 (about 1e-2 on logits of a few tens, as the llm
+    # engine's compiles against eager), while attention over wrong keys moves logits by their own size.
+    limit = 5e-2 * max(scale, 1.0)
+    if not worst <= limit:
+        return {"use": "matmuls", "reason": f"logits differ by {worst:.4g} from the batched matmuls (limit {limit:.3g})",
+                "max_abs_diff": worst}
+    return {"use": "kernel", "max_abs_diff": worst}
 
 
 def load_generation_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> GenerationEngine:
@@ -282,7 +337,10 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     # allocator for good (about 0.9 GiB of fused matrices for gemma-3-1b, by their sizes), where neither the KV pool
     # nor the graphs could use them.
     weights = fuse_weights(shape, {k: v.to(dtype) for k, v in load_file(str(version_dir / WEIGHTS)).items()})
-    engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device)
+    # The build checked the decode attention kernel on its GPU: kept, refused (the matmuls serve), or not checked.
+    checked = manifest.get("decode_attention", {}).get("use") if device.type == "cuda" else None
+    engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device,
+                              decode_kernel=None if checked is None else checked == "kernel")
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",
              len(engine.profiles), list(engine.profiles.names), spec.slots, spec.max_context,
              engine.kv_bytes / 2**20, device)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmprofiles.generation import attention
+
 SUPPORTED = ("gemma3_text",)
 
 
@@ -143,6 +145,14 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
     scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype).view(B, kvh, g * S, T)
     attn = (probs @ values).view(B, H, S, D)
+    return out_mlp(attn, residual, o_w, post_attn_w, pre_ff_w, gate_up_w, down_w, post_ff_w, eps)
+
+
+def out_mlp(attn: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_attn_w: torch.Tensor,
+            pre_ff_w: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor, post_ff_w: torch.Tensor,
+            eps: float) -> torch.Tensor:
+    """A layer after attention (``attn`` ``[B, H, S, D]``): output projection, norms, MLP."""
+    B, H, S, D = attn.shape
     x = attn.transpose(1, 2).reshape(B, S, H * D) @ o_w.t()
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
@@ -156,11 +166,13 @@ class KVForward(torch.nn.Module):
 
     With ``compile``, the two halves of a layer (``qkv_rope``, ``attend_out_mlp``) are compiled
     once, with dynamic shapes, and shared by every layer and every profile; only the pool writes
-    between them stay eager.
+    between them stay eager. With ``decode_kernel`` (default: on CUDA, where Triton is), a decode step
+    (``seq == 1``) attends with :func:`llmprofiles.generation.attention.decode_attention` instead,
+    which also writes the pool, and then runs the compiled ``out_mlp``.
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
-                 compile: bool = False):
+                 compile: bool = False, decode_kernel: bool | None = None):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -174,7 +186,12 @@ class KVForward(torch.nn.Module):
         self.inv_freq = [f.to(device) for f in self.inv_freq]
         self.scale = shape.query_pre_attn_scalar ** -0.5
         wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compile else (lambda f: f)
-        self.qkv_rope, self.attend_out_mlp = wrap(qkv_rope), wrap(attend_out_mlp)
+        self.qkv_rope, self.attend_out_mlp, self.out_mlp = wrap(qkv_rope), wrap(attend_out_mlp), wrap(out_mlp)
+        can = attention.available(device, shape.head_dim)
+        if decode_kernel and not can:
+            raise ValueError(f"the decode attention kernel cannot run on {device} with head_dim {shape.head_dim} "
+                             "(it needs Triton, CUDA or TRITON_INTERPRET=1, and a power-of-two head_dim >= 16)")
+        self.decode_kernel = (can and device.type == "cuda") if decode_kernel is None else decode_kernel
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq[layer]
@@ -193,10 +210,12 @@ class KVForward(torch.nn.Module):
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         B, S = tokens.shape
-        kv_pos = torch.arange(kv_len, device=tokens.device)
-        causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
-        window = kv_pos[None, None, :] > positions[:, :, None] - s.sliding_window
-        masks = {False: causal[:, None], True: (causal & window)[:, None]}
+        kernel = self.decode_kernel and S == 1
+        if not kernel:
+            kv_pos = torch.arange(kv_len, device=tokens.device)
+            causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
+            window = kv_pos[None, None, :] > positions[:, :, None] - s.sliding_window
+            masks = {False: causal[:, None], True: (causal & window)[:, None]}
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
         rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
         for i in range(s.num_layers):
@@ -206,6 +225,14 @@ class KVForward(torch.nn.Module):
             cos, sin = rope_cache[key]
             q, k, v = self.qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
                                     cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim)
+            if kernel:
+                attn = attention.decode_attention(q, k, v, self.k_pool[i], self.v_pool[i], slots, positions[:, 0],
+                                                  write_slots[:, 0], write_pos[:, 0], self.scale,
+                                                  s.sliding_window if s.layer_sliding[i] else None)
+                x = self.out_mlp(attn, x, w[f"{i}.o"], w[f"{i}.post_attention_layernorm"],
+                                 w[f"{i}.pre_feedforward_layernorm"], w[f"{i}.gate_up"], w[f"{i}.down"],
+                                 w[f"{i}.post_feedforward_layernorm"], eps)
+                continue
             # Write this step's keys and values into each row's slot; attention then reads the slot back.
             self.k_pool[i][write_slots, write_pos] = k
             self.v_pool[i][write_slots, write_pos] = v

@@ -1,0 +1,118 @@
+"""Decode attention that reads the KV pool in place: one Triton kernel per layer and step.
+
+A decode step (``seq == 1``) attends each row's query to the keys of its own pool slot.
+The batched-matmul form in :func:`llmprofiles.generation.forward.attend_out_mlp` first writes
+the step's keys and values into the pool (two ``index_put`` kernels), gathers every row's slot
+into a dense copy (two more), then runs two batched matmuls and a masked softmax: about seven
+kernels per layer, and at batch 64 the gather alone was the step's largest kernel (H200,
+bench/NOTES.md, session 5). This kernel does the whole of it in one launch:
+
+- program ``(b, h)`` reads query head ``h`` of row ``b`` and walks the pool positions of slot
+  ``slots[b]`` before the row's position, causally and inside the sliding window, with an
+  online softmax in float32;
+- the step's own key and value come from registers, not from the pool, so no program reads a
+  position another one is writing;
+- the first query head of each KV head writes that key and value into the pool at
+  ``(write_slots[b], write_pos[b])`` (padding rows write the scratch slot, as before).
+
+A row reads only as many positions as its own context holds, so the step's attention length
+(``kv_len``) does not matter here. Off CUDA, or without Triton, the batched-matmul form runs.
+With ``TRITON_INTERPRET=1`` set when this module is imported, the kernel runs on the CPU in Triton's
+interpreter (the tests do, where Triton is installed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs (CI) have no Triton: the batched-matmul form runs
+    triton = None
+
+BLOCK_T = 32  # pool positions per loop iteration
+NUM_WARPS = 4
+
+
+# triton.jit reads TRITON_INTERPRET as the kernel below is defined: then it runs in Triton's interpreter, on CPU tensors.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device, head_dim: int) -> bool:
+    """Whether the kernel can run for this device and head size."""
+    return (triton is not None and (device.type == "cuda" or INTERPRETED)
+            and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
+
+
+if triton is not None:
+    @triton.jit
+    def _decode_attention(q_ptr, k_ptr, v_ptr, k_pool_ptr, v_pool_ptr, slots_ptr, positions_ptr,
+                          write_slots_ptr, write_pos_ptr, out_ptr, scale, window,
+                          q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, p_ss, p_st, p_sh, o_sb, o_sh,
+                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+                          SLIDING: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        kvh = h // GROUP
+        d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + b * q_sb + h * q_sh + d).to(tl.float32)
+        k_new = tl.load(k_ptr + b * k_sb + kvh * k_sh + d)
+        v_new = tl.load(v_ptr + b * v_sb + kvh * v_sh + d)
+        pos = tl.load(positions_ptr + b)
+        slot = tl.load(slots_ptr + b)
+        # The step's own token first: the running max starts at its score, its weight at 1.
+        m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+        total = m * 0.0 + 1.0
+        acc = v_new.to(tl.float32)
+        lo = 0
+        if SLIDING:
+            lo = tl.maximum(pos - window + 1, 0)
+        base = slot.to(tl.int64) * p_ss + kvh * p_sh
+        for start in range((lo // BLOCK) * BLOCK, pos, BLOCK):
+            t = start + tl.arange(0, BLOCK)
+            valid = (t >= lo) & (t < pos)
+            offs = base + t.to(tl.int64)[:, None] * p_st + d[None, :]
+            keys = tl.load(k_pool_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+            s = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))
+            p = tl.exp(s - m_new)
+            alpha = tl.exp(m - m_new)
+            values = tl.load(v_pool_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+            acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
+            total = total * alpha + tl.sum(p, axis=0)
+            m = m_new
+        tl.store(out_ptr + b * o_sb + h * o_sh + d, (acc / total).to(out_ptr.dtype.element_ty))
+        if h % GROUP == 0:
+            w = tl.load(write_slots_ptr + b).to(tl.int64) * p_ss + tl.load(write_pos_ptr + b).to(tl.int64) * p_st
+            tl.store(k_pool_ptr + w + kvh * p_sh + d, k_new)
+            tl.store(v_pool_ptr + w + kvh * p_sh + d, v_new)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                     slots: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,
+                     write_pos: torch.Tensor, scale: float, window: int | None) -> torch.Tensor:
+    """Attention of one decode token per row, ``[B, H, 1, D]``, and the step's keys and values written.
+
+    q ``[B, H, 1, D]``; k, v ``[B, 1, kvh, D]``; k_pool, v_pool one layer's pool ``[slots, ctx, kvh, D]``
+    (row-major); slots, positions, write_slots, write_pos ``[B]`` (int64). ``window``: the sliding
+    window of a local layer (a key at ``t`` is seen from ``pos`` when ``pos - window < t <= pos``),
+    None on a global one.
+    """
+    B, H, _, D = q.shape
+    kv_heads = k_pool.shape[2]
+    if k_pool.stride(-1) != 1 or v_pool.stride() != k_pool.stride():
+        raise ValueError("decode_attention needs row-major K and V pools of one layout")
+    # Any strides but the last: q arrives as a transposed view, v as a slice of the fused projection.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    slots, positions, write_slots, write_pos = (t if t.stride(0) == 1 else t.contiguous()
+                                                for t in (slots, positions, write_slots, write_pos))
+    out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
+    _decode_attention[(B, H)](
+        q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, out, scale, window or 0,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(2), v.stride(0), v.stride(2), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        out.stride(0), out.stride(1),
+        GROUP=H // kv_heads, HEAD_DIM=D, BLOCK=BLOCK_T, SLIDING=window is not None, num_warps=NUM_WARPS)
+    return out
