@@ -333,13 +333,26 @@ def test_greedy_rows_take_argmax_and_banned_tokens_are_never_chosen():
 
 
 def test_each_banned_token_is_removed_from_its_own_row_only():
-    """The ban is one fill at flat positions row * vocab + token, also for logits that are not contiguous."""
+    """A banned argmax gives way to its row's runner-up, also for logits that are not contiguous; a banned token
+    that is not the argmax changes nothing; a runner-up tied with the banned token is taken."""
     greedy = SamplingParams()
-    logits = torch.tensor([[9.0, 0.0, 0.0], [8.0, 7.0, 0.0], [0.0, 1.0, 6.0], [5.0, 4.0, 0.0]]).t().contiguous().t()
+    logits = torch.tensor([[9.0, 0.0, 0.0, 1.0], [8.0, 7.0, 0.0, 0.0], [0.0, 1.0, 6.0, 0.0], [5.0, 4.0, 0.0, 0.0],
+                           [0.0, 3.0, 3.0, 0.0], [2.0, 0.0, 1.0, 0.0]]).t().contiguous().t()
     assert not logits.is_contiguous()
-    rows = [greedy] * 4
-    assert sample(logits, rows, [None] * 4, [0, None, 2, 0]) == [1, 0, 1, 1]
+    rows = [greedy] * 6
+    assert sample(logits, rows, [None] * 6, [0, None, 2, 0, 1, 2]) == [3, 0, 1, 1, 2, 0]
     assert logits[0, 0] == 9.0  # the caller's logits are left alone
+    half = logits.half()
+    assert sample(half, rows, [None] * 6, [0, None, 2, 0, 1, 2]) == [3, 0, 1, 1, 2, 0]
+
+
+def test_a_sampled_row_never_draws_its_banned_token():
+    hot = SamplingParams(temperature=1.0, seed=3)
+    logits = torch.tensor([[0.0, 0.0, 0.0], [30.0, 0.0, 0.0]])
+    gen = [generator_for(hot, torch.device("cpu")) for _ in range(2)]
+    for _ in range(20):
+        assert sample(logits, [hot, hot], gen, [None, 0])[1] != 0
+    assert logits[1, 0] == 30.0
 
 
 @pytest.fixture(scope="module")

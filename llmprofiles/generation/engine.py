@@ -201,7 +201,9 @@ class GenerationEngine:
             if device_tokens is not None:
                 buffers.tokens[:n, 0].copy_(device_tokens, non_blocking=True)
             graph.replay()
-            return out[:n].clone()  # the next replay overwrites out
+            # The next replay overwrites out. The whole bucket is copied: one block size per profile for the caching
+            # allocator to reuse, where a copy of n rows made a new size whenever the batch changed.
+            return out.clone()[:n]
         x = host
         if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
             x = StepInputs(*self.step_shapes[index], self.device)

@@ -60,22 +60,32 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 
 def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
                   banned: list[int | None]) -> torch.Tensor:
-    """:func:`sample` left on the logits' device (int64 ``[rows]``): on a GPU, nothing waits for it."""
-    # banned tokens are written in place, at flat positions row * vocab + token
-    logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    rows = [i for i, token in enumerate(banned) if token is not None]
-    if rows:  # one write for the batch: a write per row costs a kernel launch per row on the GPU
-        # index_fill_ takes the value as a kernel argument. The indexed assignment it replaces
-        # (`logits[rows, tokens] = -inf`) waited for the stream on every step: the H200's sync-debug
-        # test (tests/test_generation_gpu.py) raised on it, 2026-11-30.
-        vocab = logits.shape[-1]
-        index = device_ints([i * vocab + banned[i] for i in rows], logits.device)
-        logits.view(-1).index_fill_(0, index, float("-inf"))
-    out = logits.argmax(dim=-1)
+    """:func:`sample` left on the logits' device (int64 ``[rows]``): on a GPU, nothing waits for it.
+
+    Nothing as large as the logits is allocated for greedy rows. A copy of them per step, sized by the
+    batch (which changes as sequences come and go), left the caching allocator holding blocks of every
+    size it had seen.
+    """
+    out = logits.argmax(dim=-1)  # in the logits' own dtype: the same choice as in float32, which holds fp16 exactly
+    rows = [i for i, token in enumerate(banned) if token is not None and params[i].greedy]
+    if rows:
+        # A banned token (an end id before min_tokens) is never chosen: where it is a row's argmax, the row takes
+        # its runner-up. The indices reach the GPU through pinned memory and every choice stays there; an
+        # indexed write of a Python scalar (`logits[rows, tokens] = -inf`) waited for the stream on each step
+        # (the H200's sync-debug test, tests/test_generation_gpu.py, 2026-11-30).
+        index = device_ints(rows, logits.device)
+        ban = device_ints([banned[i] for i in rows], logits.device)
+        top2 = logits.topk(2, dim=-1).indices.index_select(0, index)
+        runner_up = torch.where(top2[:, 0] == ban, top2[:, 1], top2[:, 0])
+        best = out.index_select(0, index)
+        out.index_copy_(0, index, torch.where(best == ban, runner_up, best))
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        row = filter_logits(logits[i] / p.temperature, p.top_k, p.top_p)
+        row = logits[i].to(torch.float32, copy=True)  # the caller's logits are left alone
+        if banned[i] is not None:
+            row[banned[i]] = float("-inf")  # a fill of one element: the value is a kernel argument
+        row = filter_logits(row / p.temperature, p.top_k, p.top_p)
         out[i] = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i])[0]
     return out
 
