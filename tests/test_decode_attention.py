@@ -47,8 +47,17 @@ def reference(q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos,
     return torch.einsum("bht,bthd->bhd", scores.softmax(-1), values)[:, :, None].to(q.dtype)
 
 
+def test_long_contexts_are_cut_into_parts_until_the_gpu_is_busy():
+    split = attention.splits_for
+    assert split(256, 4, 132) == 1 and split(511, 4, 132) == 1  # short: one kernel, no combine
+    assert split(2048, 4, 132) == 8 and split(1024, 4, 132) == 4  # batch 1: parts of 256 positions or more
+    assert split(2048, 256, 132) == 2 and split(2048, 512, 132) == 1  # a full batch keeps the GPU busy already
+    assert split(1 << 20, 1, 10_000) == attention.MAX_SPLITS
+
+
+@pytest.mark.parametrize("parts", [1, 8])
 @pytest.mark.parametrize("heads,kv_heads,window", [(4, 1, None), (4, 1, 9), (4, 2, None), (2, 2, 40)])
-def test_kernel_matches_masked_softmax_and_writes_the_pool(kernel, heads, kv_heads, window):
+def test_kernel_matches_masked_softmax_and_writes_the_pool(kernel, monkeypatch, heads, kv_heads, window, parts):
     g = torch.Generator().manual_seed(heads * 10 + kv_heads + (window or 0))
     n_slots, ctx, D, scale = 4, 80, 32, 0.3
     dtype = torch.float16 if DEVICE.type == "cuda" else torch.float32
@@ -67,7 +76,12 @@ def test_kernel_matches_masked_softmax_and_writes_the_pool(kernel, heads, kv_hea
     k, v = rand(B, 1, kv_heads, D), rand(B, 1, kv_heads, 3 * D)[..., D:2 * D]
     want_k, want_v = k_pool.clone(), v_pool.clone()
     want = reference(q, k, v, want_k, want_v, slots, positions, slots, positions, scale, window)
-    got = kernel.decode_attention(q, k, v, k_pool, v_pool, slots, positions, slots, positions, scale, window)
+    if parts > 1:  # the context cut into parts of 8 positions or more: as a long context on a large GPU
+        monkeypatch.setattr(kernel, "SPLIT_MIN", 8)
+        monkeypatch.setattr(kernel, "processors", lambda device: 10_000)
+    assert kernel.splits_for(min(ctx, window or ctx), B * heads, kernel.processors(DEVICE)) == (
+        1 if parts == 1 or (window or ctx) < 16 else parts if window is None else 4)
+    got = kernel.decode_attention(q, k, v, k_pool, v_pool, slots, positions, slots, positions, scale, window, ctx)
     tol = 2e-3 if dtype == torch.float16 else 1e-5
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     assert torch.equal(k_pool, want_k) and torch.equal(v_pool, want_v), "the step's keys and values were not written"
@@ -119,10 +133,9 @@ def test_the_builds_check_keeps_a_matching_kernel_and_refuses_a_wrong_or_failing
 
     right = kernel.decode_attention
 
-    def shifted(q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, scale, window):
+    def shifted(q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, scale, window, kv_len):
         # a plausible bug: every row attends one position too far (it reads the slot's stale next key)
-        return right(q, k, v, k_pool, v_pool, slots, positions + 1, write_slots, write_pos, scale,
-                                       window)
+        return right(q, k, v, k_pool, v_pool, slots, positions + 1, write_slots, write_pos, scale, window, kv_len)
 
     monkeypatch.setattr(forward.attention, "decode_attention", shifted)
     wrong = check_decode_kernel(hf, DEVICE)

@@ -50,12 +50,8 @@ PROMPTS = [[5], list(range(10, 30)), list(range(100, 170)), list(range(7, 12))]
 
 
 def test_every_profile_is_captured_at_warm_up_for_each_attention_length(graphed):
-    """Prefill buckets once per attention length they may need; decode buckets (the attention kernel reads each
-    row's own context) once."""
     assert graphed.forward.decode_kernel, "on CUDA decode attends with the kernel by default"
-    lengths = kv_buckets(SPEC.max_context)
-    expected = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in (lengths[:1] if s == 1 else lengths)
-                if k >= s}
+    expected = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in kv_buckets(SPEC.max_context) if k >= s}
     assert set(graphed.graphs) == expected
 
 

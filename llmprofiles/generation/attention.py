@@ -35,6 +35,8 @@ except ImportError:  # CPU-only installs (CI) have no Triton: the batched-matmul
 
 BLOCK_T = 32  # pool positions per loop iteration
 NUM_WARPS = 4
+SPLIT_MIN = 256  # the fewest pool positions worth a program of their own
+MAX_SPLITS = 16
 
 
 # triton.jit reads TRITON_INTERPRET as the kernel below is defined: then it runs in Triton's interpreter, on CPU tensors.
@@ -47,15 +49,28 @@ def available(device: torch.device, head_dim: int) -> bool:
             and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
 
 
+def splits_for(kv_len: int, programs: int, processors: int) -> int:
+    """Parts each row's context is cut into: enough programs for two per processor, none under SPLIT_MIN positions.
+
+    A power of two, 1 for short contexts (then one kernel writes the output and no combine runs). One program
+    per (row, head) walks its context alone: at batch 1 that is a handful of programs for the whole GPU.
+    """
+    n = 1
+    while n < MAX_SPLITS and kv_len // (2 * n) >= SPLIT_MIN and programs * n < 2 * processors:
+        n *= 2
+    return n
+
+
 if triton is not None:
     @triton.jit
     def _decode_attention(q_ptr, k_ptr, v_ptr, k_pool_ptr, v_pool_ptr, slots_ptr, positions_ptr,
-                          write_slots_ptr, write_pos_ptr, out_ptr, scale, window,
+                          write_slots_ptr, write_pos_ptr, out_ptr, part_ptr, scale, window,
                           q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, p_ss, p_st, p_sh, o_sb, o_sh,
                           GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
-                          SLIDING: tl.constexpr):
+                          SLIDING: tl.constexpr, SPLITS: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
+        split = tl.program_id(2)
         kvh = h // GROUP
         d = tl.arange(0, HEAD_DIM)
         q = tl.load(q_ptr + b * q_sb + h * q_sh + d).to(tl.float32)
@@ -63,17 +78,23 @@ if triton is not None:
         v_new = tl.load(v_ptr + b * v_sb + kvh * v_sh + d)
         pos = tl.load(positions_ptr + b)
         slot = tl.load(slots_ptr + b)
-        # The step's own token first: the running max starts at its score, its weight at 1.
-        m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
-        total = m * 0.0 + 1.0
-        acc = v_new.to(tl.float32)
-        lo = 0
+        lo = pos * 0
         if SLIDING:
             lo = tl.maximum(pos - window + 1, 0)
+        # This program's share of the positions before the row's own, in whole blocks.
+        share = tl.cdiv(tl.cdiv(pos - lo, SPLITS), BLOCK) * BLOCK
+        first = lo + split * share
+        last = tl.minimum(first + share, pos)
+        # The step's own token is the first split's: its running max starts at that score, its weight at 1.
+        # The other splits start empty (max -inf, weight 0).
+        own = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+        m = tl.where(split == 0, own, float("-inf"))
+        total = tl.where(split == 0, 1.0, 0.0)
+        acc = v_new.to(tl.float32) * total
         base = slot.to(tl.int64) * p_ss + kvh * p_sh
-        for start in range((lo // BLOCK) * BLOCK, pos, BLOCK):
+        for start in range(first, last, BLOCK):
             t = start + tl.arange(0, BLOCK)
-            valid = (t >= lo) & (t < pos)
+            valid = t < last
             offs = base + t.to(tl.int64)[:, None] * p_st + d[None, :]
             keys = tl.load(k_pool_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
             s = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
@@ -84,22 +105,46 @@ if triton is not None:
             acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
             total = total * alpha + tl.sum(p, axis=0)
             m = m_new
-        tl.store(out_ptr + b * o_sb + h * o_sh + d, (acc / total).to(out_ptr.dtype.element_ty))
-        if h % GROUP == 0:
+        if SPLITS == 1:
+            tl.store(out_ptr + b * o_sb + h * o_sh + d, (acc / total).to(out_ptr.dtype.element_ty))
+        else:  # partials [B, H, SPLITS, HEAD_DIM + 2]: the weighted values, their total weight, the max
+            row = part_ptr + ((b * tl.num_programs(1) + h) * SPLITS + split) * (HEAD_DIM + 2)
+            tl.store(row + d, acc)
+            tl.store(row + HEAD_DIM, total)
+            tl.store(row + HEAD_DIM + 1, m)
+        if (h % GROUP == 0) & (split == 0):
             w = tl.load(write_slots_ptr + b).to(tl.int64) * p_ss + tl.load(write_pos_ptr + b).to(tl.int64) * p_st
             tl.store(k_pool_ptr + w + kvh * p_sh + d, k_new)
             tl.store(v_pool_ptr + w + kvh * p_sh + d, v_new)
 
+    @triton.jit
+    def _combine(part_ptr, out_ptr, o_sb, o_sh, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, HEAD_DIM)
+        sp = tl.arange(0, SPLITS)
+        rows = part_ptr + ((b * tl.num_programs(1) + h) * SPLITS + sp) * (HEAD_DIM + 2)
+        m = tl.load(rows + HEAD_DIM + 1)
+        weight = tl.exp(m - tl.max(m, axis=0))  # split 0 always holds the step's own token: the max is finite
+        total = tl.sum(tl.load(rows + HEAD_DIM) * weight, axis=0)
+        acc = tl.sum(tl.load(rows[:, None] + d[None, :]) * weight[:, None], axis=0)
+        tl.store(out_ptr + b * o_sb + h * o_sh + d, (acc / total).to(out_ptr.dtype.element_ty))
+
+
+def processors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                      slots: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,
-                     write_pos: torch.Tensor, scale: float, window: int | None) -> torch.Tensor:
+                     write_pos: torch.Tensor, scale: float, window: int | None, kv_len: int) -> torch.Tensor:
     """Attention of one decode token per row, ``[B, H, 1, D]``, and the step's keys and values written.
 
     q ``[B, H, 1, D]``; k, v ``[B, 1, kvh, D]``; k_pool, v_pool one layer's pool ``[slots, ctx, kvh, D]``
     (row-major); slots, positions, write_slots, write_pos ``[B]`` (int64). ``window``: the sliding
     window of a local layer (a key at ``t`` is seen from ``pos`` when ``pos - window < t <= pos``),
-    None on a global one.
+    None on a global one. ``kv_len`` bounds every row's position: it sets how many parts a row's
+    context is cut into (:func:`splits_for`); with more than one, a second kernel combines them.
     """
     B, H, _, D = q.shape
     kv_heads = k_pool.shape[2]
@@ -109,10 +154,17 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     slots, positions, write_slots, write_pos = (t if t.stride(0) == 1 else t.contiguous()
                                                 for t in (slots, positions, write_slots, write_pos))
+    if window is not None:
+        kv_len = min(kv_len, window)
+    splits = splits_for(kv_len, B * H, processors(q.device))
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
-    _decode_attention[(B, H)](
-        q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, out, scale, window or 0,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(2), v.stride(0), v.stride(2), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
-        out.stride(0), out.stride(1),
-        GROUP=H // kv_heads, HEAD_DIM=D, BLOCK=BLOCK_T, SLIDING=window is not None, num_warps=NUM_WARPS)
+    parts = torch.empty(B, H, splits, D + 2, dtype=torch.float32, device=q.device) if splits > 1 else out
+    _decode_attention[(B, H, splits)](
+        q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, out, parts, scale, window or 0,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(2), v.stride(0), v.stride(2), k_pool.stride(0),
+        k_pool.stride(1), k_pool.stride(2), out.stride(0), out.stride(1),
+        GROUP=H // kv_heads, HEAD_DIM=D, BLOCK=BLOCK_T, SLIDING=window is not None, SPLITS=splits,
+        num_warps=NUM_WARPS)
+    if splits > 1:
+        _combine[(B, H)](parts, out, out.stride(0), out.stride(1), HEAD_DIM=D, SPLITS=splits, num_warps=NUM_WARPS)
     return out

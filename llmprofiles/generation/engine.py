@@ -78,10 +78,9 @@ def kv_buckets(max_context: int, smallest: int = 128) -> tuple[int, ...]:
 class GenerationEngine:
     """Steps of a causal LM over a KV slot pool; ``profiles[i]`` is step profile ``i``.
 
-    On CUDA each profile is captured as CUDA graphs, all in one memory pool: a prefill bucket once per
-    attention length in :func:`kv_buckets` (a step reads only as many pool positions as its longest
-    sequence needs, rounded up), a decode bucket once when the attention kernel runs it (each row then
-    reads its own context) and per length otherwise (:meth:`captured_lengths`). ``compile`` compiles the dense layer parts first (default: on CUDA).
+    On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
+    (a step reads only as many pool positions as its longest sequence needs, rounded up; the decode
+    attention kernel cuts longer contexts into more parts), all in one memory pool. ``compile`` compiles the dense layer parts first (default: on CUDA).
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
@@ -213,21 +212,9 @@ class GenerationEngine:
         with torch.inference_mode():
             return self._forward(x, needed)[:n]
 
-    def captured_lengths(self, index: int) -> tuple[int, ...]:
-        """The attention lengths profile ``index`` is captured at.
-
-        A decode step that attends with the kernel reads each row's own context whatever the length:
-        one graph serves it. Otherwise one graph per length in :func:`kv_buckets` the step may need.
-        """
-        seq = self.step_shapes[index][1]
-        if seq == 1 and self.forward.decode_kernel:
-            return self.kv_lengths[:1]
-        return tuple(k for k in self.kv_lengths if k >= seq)
-
     def graph_key(self, index: int, needed: int) -> tuple[int, int]:
         """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions."""
-        lengths = self.captured_lengths(index)
-        return index, lengths[0] if len(lengths) == 1 else next(k for k in lengths if k >= needed)
+        return index, next(k for k in self.kv_lengths if k >= needed)
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
         return self.forward(x.tokens, x.positions, x.slots, x.write_slots, x.write_pos, x.last, kv_len)
@@ -263,9 +250,10 @@ class GenerationEngine:
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
             if self.cuda_graphs:
-                for kv_len in self.captured_lengths(i):
-                    graph, buffers, _ = self._graph(i, kv_len)
-                    graph.replay()
+                for kv_len in self.kv_lengths:
+                    if kv_len >= seq:
+                        graph, buffers, _ = self._graph(i, kv_len)
+                        graph.replay()
                 torch.cuda.synchronize(self.device)
             else:
                 x = StepInputs.scratch(batch, seq, self.device, self.pool.scratch)
@@ -285,22 +273,24 @@ def weights_to_device(weights: dict[str, torch.Tensor], device: torch.device) ->
 def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 4) -> dict:
     """Whether the decode attention kernel runs here and matches the batched matmuls, for the build's manifest.
 
-    Two small engines on ``device`` (eager, the model's weights and dtype), one with the kernel: a prompt
-    prefilled into two slots, then decode steps of both rows, fed the matmul engine's greedy tokens. The
+    Two small engines on ``device`` (eager, the model's weights and dtype), one with the kernel: prompts of 20
+    and 600 tokens prefilled into two slots (the longer one is cut into parts on a GPU), then decode steps of
+    both rows, fed the matmul engine's greedy tokens. The
     kernel is kept when every step's logits agree within fp16 rounding, with the largest difference; else
     the reason it was refused, and the engine serves decode with the batched matmuls.
     """
     shape = ModelShape.from_config(hf.config.to_dict())
-    spec = GenerationSpec(slots=2, max_context=128, decode_buckets=(2,), prefill_buckets=(32,))
+    spec = GenerationSpec(slots=2, max_context=1024, decode_buckets=(2,), prefill_buckets=(128,))
     weights = fuse_weights(shape, {k: v.detach() for k, v in hf.state_dict().items()})
     try:
         engines = [GenerationEngine(shape, weights_to_device(weights, device), spec, device, cuda_graphs=False,
                                     compile=False, decode_kernel=use) for use in (True, False)]
-        prompt = list(range(4, 4 + 24))
+        prompts = [[4 + i % 200 for i in range(n)] for n in (20, 600)]
         for e in engines:
-            for slot in (0, 1):
-                e.prefill(slot, prompt[:20 + 4 * slot], 0)
-        tokens, positions, worst, scale = [5, 6], [20, 24], 0.0, 0.0
+            for slot, prompt in enumerate(prompts):
+                for start in range(0, len(prompt), spec.max_chunk):
+                    e.prefill(slot, prompt[start:start + spec.max_chunk], start)
+        tokens, positions, worst, scale = [5, 6], [len(p) for p in prompts], 0.0, 0.0
         for _ in range(steps):
             got, want = (e.decode([0, 1], tokens, positions)[0].float() for e in engines)
             worst = max(worst, (got - want).abs().max().item())

@@ -228,7 +228,7 @@ class KVForward(torch.nn.Module):
             if kernel:
                 attn = attention.decode_attention(q, k, v, self.k_pool[i], self.v_pool[i], slots, positions[:, 0],
                                                   write_slots[:, 0], write_pos[:, 0], self.scale,
-                                                  s.sliding_window if s.layer_sliding[i] else None)
+                                                  s.sliding_window if s.layer_sliding[i] else None, kv_len)
                 x = self.out_mlp(attn, x, w[f"{i}.o"], w[f"{i}.post_attention_layernorm"],
                                  w[f"{i}.pre_feedforward_layernorm"], w[f"{i}.gate_up"], w[f"{i}.down"],
                                  w[f"{i}.post_feedforward_layernorm"], eps)
