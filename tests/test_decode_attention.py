@@ -36,7 +36,7 @@ def reference(q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos,
     v_pool[write_slots, write_pos] = v[:, 0]
     B, H, _, D = q.shape
     kvh, ctx = k_pool.shape[2], k_pool.shape[1]
-    t = torch.arange(ctx)
+    t = torch.arange(ctx, device=positions.device)
     seen = t[None, :] <= positions[:, None]
     if window is not None:
         seen &= t[None, :] > positions[:, None] - window

@@ -290,22 +290,21 @@ def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 
             for slot, prompt in enumerate(prompts):
                 for start in range(0, len(prompt), spec.max_chunk):
                     e.prefill(slot, prompt[start:start + spec.max_chunk], start)
-        tokens, positions, worst, scale = [5, 6], [len(p) for p in prompts], 0.0, 0.0
+        tokens, positions, worst = [5, 6], [len(p) for p in prompts], 0.0
         for _ in range(steps):
             got, want = (e.decode([0, 1], tokens, positions)[0].float() for e in engines)
             worst = max(worst, (got - want).abs().max().item())
-            scale = max(scale, want.abs().max().item())
             tokens, positions = want.argmax(-1).tolist(), [p + 1 for p in positions]
     except Exception as e:  # noqa: BLE001 - any failure means the kernel is not used; the manifest says why
         return {"use": "matmuls", "reason": f"the kernel failed: {type(e).__name__}: {str(e)[:300]}"}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    # Loose on purpose: the two forms round differently in fp16 (about 1e-2 on logits of a few tens, as the llm
-    # engine's compiles against eager), while attention over wrong keys moves logits by their own size.
-    limit = 5e-2 * max(scale, 1.0)
+    # The two forms round differently: in fp16 on the H200 (gemma-3-1b shapes, 2026-11-30) they differed by 0.0087;
+    # in float32 by about 1e-6. Attending one stale key too many moved the tiny float32 model's logits by 0.056.
+    limit = 1e-3 if engines[1].dtype == torch.float32 else 1e-1
     if not worst <= limit:
-        return {"use": "matmuls", "reason": f"logits differ by {worst:.4g} from the batched matmuls (limit {limit:.3g})",
+        return {"use": "matmuls", "reason": f"logits differ by {worst:.4g} from the batched matmuls (limit {limit:g})",
                 "max_abs_diff": worst}
     return {"use": "kernel", "max_abs_diff": worst}
 
