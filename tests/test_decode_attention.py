@@ -49,10 +49,11 @@ def reference(q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos,
 
 def test_long_contexts_are_cut_into_parts_until_the_gpu_is_busy():
     split = attention.splits_for
-    assert split(256, 4, 132) == 1 and split(511, 4, 132) == 1  # short: one kernel, no combine
-    assert split(2048, 4, 132) == 8 and split(1024, 4, 132) == 4  # batch 1: parts of 256 positions or more
-    assert split(2048, 256, 132) == 2 and split(2048, 512, 132) == 1  # a full batch keeps the GPU busy already
-    assert split(1 << 20, 1, 10_000) == attention.MAX_SPLITS
+    assert attention.SPLIT_MIN == 32
+    assert split(40, 4, 132) == 1 and split(63, 4, 132) == 1  # short: one kernel, no combine
+    assert split(256, 4, 132) == 8 and split(128, 4, 132) == 4  # batch 1: parts of 32 positions or more
+    assert split(2048, 4, 132) == attention.MAX_SPLITS
+    assert split(256, 256, 132) == 2 and split(2048, 512, 132) == 1  # a full batch keeps the GPU busy already
 
 
 @pytest.mark.parametrize("parts", [1, 8])
@@ -97,6 +98,7 @@ def test_engine_steps_with_the_kernel_give_the_batched_matmul_logits(kernel):
         weights = forward.fuse_weights(shape, {k: v.clone().to(DEVICE) for k, v in hf.state_dict().items()})
         e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=False)
         e.forward.decode_kernel = use_kernel
+        e.forward.kernel_for = lambda batch, kv_len: True
         return e
 
     with_kernel, without = make(True), make(False)
@@ -147,3 +149,26 @@ def test_the_builds_check_keeps_a_matching_kernel_and_refuses_a_wrong_or_failing
     monkeypatch.setattr(forward.attention, "decode_attention", broken)
     failed = check_decode_kernel(hf, DEVICE)
     assert failed == {"use": "matmuls", "reason": "the kernel failed: RuntimeError: no kernel image is available"}
+
+
+def test_decode_steps_take_the_kernel_only_at_the_shapes_where_it_was_faster(kernel, monkeypatch):
+    assert attention.preferred(1, 2048) and attention.preferred(64, 256)
+    assert not attention.preferred(2, 257) and not attention.preferred(64, 2048)
+    hf = models.load_model("tiny", torch.float32)
+    shape = forward.ModelShape.from_config(hf.config.to_dict())
+    spec = GenerationSpec(slots=2, max_context=512, decode_buckets=(1, 2), prefill_buckets=(256,))
+    weights = forward.fuse_weights(shape, {k: v.clone().to(DEVICE) for k, v in hf.state_dict().items()})
+    e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=False, decode_kernel=True)
+    calls = []
+    real = kernel.decode_attention
+    monkeypatch.setattr(kernel, "decode_attention", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for slot in (0, 1):
+        e.prefill(slot, list(range(4, 204)), 0)
+        e.prefill(slot, list(range(4, 104)), 200)
+    layers = shape.num_layers
+    e.decode([0], [5], [300])  # batch 1, 301 positions: the kernel
+    assert calls == [1] * layers
+    e.decode([0, 1], [5, 6], [301, 300])  # batch 2 over 302 positions: the matmuls
+    assert len(calls) == layers
+    e.decode([0, 1], [5, 6], [100, 100])  # batch 2 over 101 positions: the kernel
+    assert calls[layers:] == [2] * layers

@@ -34,9 +34,22 @@ except ImportError:  # CPU-only installs (CI) have no Triton: the batched-matmul
     triton = None
 
 BLOCK_T = 32  # pool positions per loop iteration
+# Per layer on the H200 (bench/probes/decode_attention.py, gemma-3-1b shapes, 2026-11-30, run4-logs/):
+# 4 warps beat 8 everywhere, and parts of 32 positions or more beat parts of 256 or more, e.g. 6.1 against
+# 17.3 us at batch 1 and 192 positions, and tied at batch 64 and 1,900.
 NUM_WARPS = 4
-SPLIT_MIN = 256  # the fewest pool positions worth a program of their own
+SPLIT_MIN = 32  # the fewest pool positions worth a program of their own
 MAX_SPLITS = 16
+# Where the kernel beat the batched matmuls in that probe: batch 1 (6.1 against 14.4 us at 192 positions,
+# 20.2 against 20.4 at 1,900) and attention lengths up to 256 (26.6 against 28.5 us at batch 64). It lost at
+# batch 8 and 64 over 1,900 positions (33.5 against 29.4, 209 against 119 us): there each query head's program
+# reads its KV head's keys again. Those steps keep the matmuls.
+KERNEL_MAX_KV_LEN = 256
+
+
+def preferred(batch: int, kv_len: int) -> bool:
+    """Whether a decode step of ``batch`` rows over ``kv_len`` positions attends with the kernel."""
+    return batch == 1 or kv_len <= KERNEL_MAX_KV_LEN
 
 
 # triton.jit reads TRITON_INTERPRET as the kernel below is defined: then it runs in Triton's interpreter, on CPU tensors.

@@ -167,8 +167,9 @@ class KVForward(torch.nn.Module):
     With ``compile``, the two halves of a layer (``qkv_rope``, ``attend_out_mlp``) are compiled
     once, with dynamic shapes, and shared by every layer and every profile; only the pool writes
     between them stay eager. With ``decode_kernel`` (default: on CUDA, where Triton is), a decode step
-    (``seq == 1``) attends with :func:`llmprofiles.generation.attention.decode_attention` instead,
-    which also writes the pool, and then runs the compiled ``out_mlp``.
+    (``seq == 1``) of a shape where it was measured faster (:func:`llmprofiles.generation.attention.preferred`)
+    attends with :func:`llmprofiles.generation.attention.decode_attention` instead, which also writes the
+    pool, and then runs the compiled ``out_mlp``.
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -192,6 +193,7 @@ class KVForward(torch.nn.Module):
             raise ValueError(f"the decode attention kernel cannot run on {device} with head_dim {shape.head_dim} "
                              "(it needs Triton, CUDA or TRITON_INTERPRET=1, and a power-of-two head_dim >= 16)")
         self.decode_kernel = (can and device.type == "cuda") if decode_kernel is None else decode_kernel
+        self.kernel_for = attention.preferred  # (batch, kv_len) -> whether such a decode step takes the kernel
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq[layer]
@@ -210,7 +212,7 @@ class KVForward(torch.nn.Module):
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         B, S = tokens.shape
-        kernel = self.decode_kernel and S == 1
+        kernel = self.decode_kernel and S == 1 and self.kernel_for(B, kv_len)
         if not kernel:
             kv_pos = torch.arange(kv_len, device=tokens.device)
             causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
