@@ -46,9 +46,9 @@ def parse_choice(profiles: ProfileSet, value: object) -> int | None:
     >>> parse_choice(MULTI, "auto"), parse_choice(MULTI, "prefill"), parse_choice(MULTI, 0)
     (None, 1, 0)
     """
-    allowed = f"'auto', an index in [0, {len(profiles) - 1}], or one of {list(profiles.names)}"
-    if value is None or value == AUTO:
+    if value is None or (isinstance(value, str) and value == AUTO):
         return None
+    allowed = f"'auto', an index in [0, {len(profiles) - 1}], or one of {list(profiles.names)}"
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise SelectionError(f"optimization_profile {shown(value)} is malformed; allowed: {allowed}")
     if isinstance(value, str):
@@ -69,14 +69,15 @@ def select_profile(profiles: ProfileSet, shapes: Mapping[str, Sequence[int]], ch
     choice must contain the shapes, or the request is refused.
     """
     index = parse_choice(profiles, choice)
-    shown = {k: list(v) for k, v in shapes.items()}
     if index is None:
         index = profiles.first_fit(shapes)
         if index is None:
+            shown = {k: list(v) for k, v in shapes.items()}
             options = "; ".join(profiles.describe(i) for i in range(len(profiles)))
             raise SelectionError(f"input shapes {shown} fit no optimization profile; profiles: {options}")
         return index
     if not profiles.fits(index, shapes):
+        shown = {k: list(v) for k, v in shapes.items()}
         raise SelectionError(
             f"input shapes {shown} are outside optimization profile {profiles.describe(index)}; "
             f"choose another profile or 'auto'"

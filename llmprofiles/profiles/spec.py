@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 Shape = tuple[int, ...]
@@ -143,12 +144,27 @@ class ProfileSet:
     def ranges(self, profile_index: int) -> dict[str, ShapeRange]:
         return {i.name: i.range_for(profile_index) for i in self.inputs}
 
+    @cached_property
+    def _bounds(self) -> tuple[tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...], ...]:
+        # Per profile, (input name, min, max): fits runs on every request, twice (choice, then the engine's check).
+        return tuple(tuple((name, r.min, r.max) for name, r in self.ranges(i).items()) for i in range(len(self)))
+
     def fits(self, profile_index: int, shapes: Mapping[str, Sequence[int]]) -> bool:
-        return all(r.contains(shapes[name]) for name, r in self.ranges(profile_index).items())
+        for name, lo, hi in self._bounds[profile_index]:
+            shape = shapes[name]
+            if len(shape) != len(lo):
+                return False
+            for a, x, b in zip(lo, shape, hi):
+                if not a <= x <= b:
+                    return False
+        return True
 
     def first_fit(self, shapes: Mapping[str, Sequence[int]]) -> int | None:
         """Ordered first-fit: the first profile whose [min, max] holds every input shape."""
-        return next((i for i in range(len(self)) if self.fits(i, shapes)), None)
+        for i in range(len(self)):
+            if self.fits(i, shapes):
+                return i
+        return None
 
     def envelope(self) -> dict[str, ShapeRange]:
         """Union envelope: elementwise min of mins and max of maxes; opt from profile 0."""
