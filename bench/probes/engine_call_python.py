@@ -9,12 +9,12 @@ profile's shape check, then a forward that returns its input). Run anywhere::
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.probes.generate_host_inputs import per_call_us  # noqa: E402
 from llmprofiles.engine import Engine  # noqa: E402
 from llmprofiles.profiles.sets import MULTI  # noqa: E402
 
@@ -27,21 +27,12 @@ class NoOp(Engine):
         return input_ids
 
 
-def per_call_us(fn, n: int = 20_000) -> float:
-    for _ in range(1000):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
 def main() -> None:
     engine = NoOp(MULTI, 100, "cpu")
     ids = torch.zeros(1, 1, dtype=torch.int64)
     shapes = {"input_ids": ids.shape, "position_ids": ids.shape}
-    print(f"select {per_call_us(lambda: engine.select(shapes)):.1f} us, "
-          f"run {per_call_us(lambda: engine.run(0, ids, ids)):.1f} us per decode call")
+    print(f"select {per_call_us(lambda: engine.select(shapes), 20_000):.1f} us, "
+          f"run {per_call_us(lambda: engine.run(0, ids, ids), 20_000):.1f} us per decode call")
 
 
 if __name__ == "__main__":

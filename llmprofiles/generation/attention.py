@@ -7,16 +7,19 @@ into a dense copy (two more), then runs two batched matmuls and a masked softmax
 kernels per layer, and at batch 64 the gather alone was the step's largest kernel (H200,
 bench/NOTES.md, session 5). This kernel does the whole of it in one launch:
 
-- program ``(b, h)`` reads query head ``h`` of row ``b`` and walks the pool positions of slot
-  ``slots[b]`` before the row's position, causally and inside the sliding window, with an
-  online softmax in float32;
+- program ``(b, h, part)`` reads query head ``h`` of row ``b`` and walks its part of the pool
+  positions of slot ``slots[b]`` before the row's position, causally and inside the sliding
+  window, with an online softmax in float32; where a context is cut into several parts
+  (:func:`splits_for`), a second kernel combines them;
 - the step's own key and value come from registers, not from the pool, so no program reads a
   position another one is writing;
 - the first query head of each KV head writes that key and value into the pool at
   ``(write_slots[b], write_pos[b])`` (padding rows write the scratch slot, as before).
 
-A row reads only as many positions as its own context holds, so the step's attention length
-(``kv_len``) does not matter here. Off CUDA, or without Triton, the batched-matmul form runs.
+A row reads only as many positions as its own context holds; the step's attention length
+(``kv_len``) sets only how many parts there are. The engine takes the kernel for the decode
+shapes where it was measured faster (:func:`preferred`); off CUDA, or without Triton, the
+batched-matmul form runs.
 With ``TRITON_INTERPRET=1`` set when this module is imported, the kernel runs on the CPU in Triton's
 interpreter (the tests do, where Triton is installed).
 """

@@ -80,7 +80,8 @@ class GenerationEngine:
 
     On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
     (a step reads only as many pool positions as its longest sequence needs, rounded up; the decode
-    attention kernel cuts longer contexts into more parts), all in one memory pool. ``compile`` compiles the dense layer parts first (default: on CUDA).
+    attention kernel cuts longer contexts into more parts), all in one memory pool. ``compile``
+    compiles the dense layer parts first (default: on CUDA).
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
@@ -275,9 +276,9 @@ def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 
 
     Two small engines on ``device`` (eager, the model's weights and dtype), one with the kernel: prompts of 20
     and 600 tokens prefilled into two slots (the longer one is cut into parts on a GPU), then decode steps of
-    both rows, fed the matmul engine's greedy tokens. The
-    kernel is kept when every step's logits agree within fp16 rounding, with the largest difference; else
-    the reason it was refused, and the engine serves decode with the batched matmuls.
+    both rows, fed the matmul engine's greedy tokens. The kernel is kept when every step's logits agree
+    within the dtype's rounding, with the largest difference; else the reason it was refused, and the
+    engine serves decode with the batched matmuls.
     """
     shape = ModelShape.from_config(hf.config.to_dict())
     spec = GenerationSpec(slots=2, max_context=1024, decode_buckets=(2,), prefill_buckets=(128,))
