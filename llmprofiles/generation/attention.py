@@ -184,3 +184,23 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: 
     if splits > 1:
         _combine[(B, H)](parts, out, out.stride(0), out.stride(1), HEAD_DIM=D, SPLITS=splits, num_warps=NUM_WARPS)
     return out
+
+
+@torch.library.custom_op("llmprofiles::decode_attention", mutates_args=("k_pool", "v_pool"))
+def decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor,
+                        v_pool: torch.Tensor, layer: int, slots: torch.Tensor, positions: torch.Tensor,
+                        write_slots: torch.Tensor, write_pos: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    """:func:`decode_attention` on layer ``layer`` of the whole pools ``[layers, slots, ctx, kvh, D]``, as one
+    operator that ``torch.compile`` keeps whole inside a compiled step (``window`` 0: a global layer).
+
+    The pools are declared mutated, so inductor orders the layers' calls and writes in place (no copy of the
+    pool). Inside a compiled step the attention length is not known, so the parts are counted for the whole
+    context: at short contexts the later parts find no positions and return at once.
+    """
+    return decode_attention(q, k, v, k_pool[layer], v_pool[layer], slots, positions, write_slots, write_pos, scale,
+                            window or None, k_pool.shape[2])
+
+
+@decode_attention_op.register_fake
+def _(q, k, v, k_pool, v_pool, layer, slots, positions, write_slots, write_pos, scale, window):
+    return q.new_empty(q.shape[0], q.shape[1], 1, q.shape[3])

@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from llmprofiles.generation import attention
 
 SUPPORTED = ("gemma3_text",)
+# The whole batch-1 decode step's compile (KVForward.decode_step): inductor options over its defaults, and its
+# projections as multiply-and-reduce (see linear).
+WHOLE_B1_OPTIONS: dict = {"coordinate_descent_tuning": True}
+WHOLE_B1_GEMV = True
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,21 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, gemv: bool = False) -> torch.Tensor:
+    """``x @ w.T``. With ``gemv`` (a single-token input), a multiply-and-reduce over ``w``'s rows instead, which
+    inductor emits as a reduction kernel that it tunes for the shape and fuses with the norm before it."""
+    if gemv:
+        return (x.reshape(1, -1) * w).sum(-1).reshape(*x.shape[:-1], w.shape[0])
+    return x @ w.t()
+
+
 def qkv_rope(x: torch.Tensor, norm_w: torch.Tensor, qkv_w: torch.Tensor, q_norm_w: torch.Tensor,
              k_norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int,
-             head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             head_dim: int, gemv: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer up to attention: norm, fused q/k/v projection, q/k norms, rotary. q ``[B, H, S, D]``; k, v ``[B, S, kvh, D]``."""
     B, S = x.shape[:2]
     h = rms_norm(x, norm_w, eps)
-    q, k, v = (h @ qkv_w.t()).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = linear(h, qkv_w, gemv).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = rms_norm(q.view(B, S, heads, head_dim), q_norm_w, eps)
     k = rms_norm(k.view(B, S, kv_heads, head_dim), k_norm_w, eps)
     q = q * cos + rotate_half(q) * sin
@@ -150,14 +162,14 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
 
 def out_mlp(attn: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_attn_w: torch.Tensor,
             pre_ff_w: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor, post_ff_w: torch.Tensor,
-            eps: float) -> torch.Tensor:
+            eps: float, gemv: bool = False) -> torch.Tensor:
     """A layer after attention (``attn`` ``[B, H, S, D]``): output projection, norms, MLP."""
     B, H, S, D = attn.shape
-    x = attn.transpose(1, 2).reshape(B, S, H * D) @ o_w.t()
+    x = linear(attn.transpose(1, 2).reshape(B, S, H * D), o_w, gemv)
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
-    gate, up = (h @ gate_up_w.t()).chunk(2, dim=-1)
-    h = (F.gelu(gate, approximate="tanh") * up) @ down_w.t()
+    gate, up = linear(h, gate_up_w, gemv).chunk(2, dim=-1)
+    h = linear(F.gelu(gate, approximate="tanh") * up, down_w, gemv)
     return x + rms_norm(h, post_ff_w, eps)
 
 
@@ -173,7 +185,7 @@ class KVForward(torch.nn.Module):
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
-                 compile: bool = False, decode_kernel: bool | None = None):
+                 compile: bool = False, decode_kernel: bool | None = None, whole_decode: bool | None = None):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -194,11 +206,54 @@ class KVForward(torch.nn.Module):
                              "(it needs Triton, CUDA or TRITON_INTERPRET=1, and a power-of-two head_dim >= 16)")
         self.decode_kernel = (can and device.type == "cuda") if decode_kernel is None else decode_kernel
         self.kernel_for = attention.preferred  # (batch, kv_len) -> whether such a decode step takes the kernel
+        # A kernel decode step compiled whole (see decode_step); else layer by layer.
+        self.whole_decode = compile if whole_decode is None else whole_decode
+        self.decode_b1, self.decode_batch = self._decode_b1, self._decode_batch
+        if compile:
+            self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=WHOLE_B1_OPTIONS)
+            self.decode_batch = torch.compile(self._decode_batch, fullgraph=True)
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq[layer]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                    write_slots: torch.Tensor, write_pos: torch.Tensor, gemv: bool = False) -> torch.Tensor:
+        """A decode step (``[B, 1]`` inputs, as :meth:`forward`'s) written to be compiled whole.
+
+        Every layer attends with :func:`llmprofiles.generation.attention.decode_attention_op`, an operator
+        inductor keeps whole, so it fuses everything around it: embedding, rotary, each layer's norms into
+        the next layer's projection, the final norm. The attention length plays no part: the kernel reads
+        each row's own context.
+        """
+        s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
+        x = F.embedding(tokens, w["embed"]) * self.embed_scale
+        rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        pos, write_slot, write_at = positions[:, 0], write_slots[:, 0], write_pos[:, 0]
+        for i in range(s.num_layers):
+            key = (s.rope_theta[i], s.rope_factor[i])
+            if key not in rope_cache:
+                rope_cache[key] = tuple(t[:, :, None, :] for t in self.rotary(i, positions, x.dtype))
+            q, k, v = qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
+                               *rope_cache[key], eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv)
+            attn = attention.decode_attention_op(q, k, v, self.k_pool, self.v_pool, i, slots, pos, write_slot,
+                                                 write_at, self.scale, s.sliding_window if s.layer_sliding[i] else 0)
+            x = out_mlp(attn, x, w[f"{i}.o"], w[f"{i}.post_attention_layernorm"], w[f"{i}.pre_feedforward_layernorm"],
+                        w[f"{i}.gate_up"], w[f"{i}.down"], w[f"{i}.post_feedforward_layernorm"], eps, gemv)
+        return self.logits(x[:, 0])
+
+    def _decode_b1(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batch 1 alone: decode_b1
+        return self.decode_step(*inputs, gemv=WHOLE_B1_GEMV)
+
+    def _decode_batch(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batches of 2 or more
+        return self.decode_step(*inputs)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]`` -> ``[B, vocab]``: final norm, LM head, soft-capping."""
+        logits = rms_norm(x, self.w["norm"], self.shape.rms_norm_eps) @ self.w["lm_head"].t()
+        cap = self.shape.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                 write_slots: torch.Tensor, write_pos: torch.Tensor, last: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -213,6 +268,13 @@ class KVForward(torch.nn.Module):
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         B, S = tokens.shape
         kernel = self.decode_kernel and S == 1 and self.kernel_for(B, kv_len)
+        if kernel and self.whole_decode:
+            if B == 1:
+                return self.decode_b1(tokens, positions, slots, write_slots, write_pos)
+            if self.decode_batch is not self._decode_batch:  # one compile for every batch of 2 or more
+                for t in (tokens, positions, slots, write_slots, write_pos):
+                    torch._dynamo.mark_dynamic(t, 0, min=2, max=self.k_pool.shape[1])
+            return self.decode_batch(tokens, positions, slots, write_slots, write_pos)
         if not kernel:
             kv_pos = torch.arange(kv_len, device=tokens.device)
             causal = kv_pos[None, None, :] <= positions[:, :, None]  # [B, S, T]
@@ -242,11 +304,7 @@ class KVForward(torch.nn.Module):
                                     w[f"{i}.o"], w[f"{i}.post_attention_layernorm"], w[f"{i}.pre_feedforward_layernorm"],
                                     w[f"{i}.gate_up"], w[f"{i}.down"], w[f"{i}.post_feedforward_layernorm"],
                                     self.scale, eps)
-        x = x[torch.arange(B, device=x.device), last]  # [B, hidden]: only the tokens whose logits are used
-        logits = rms_norm(x, w["norm"], eps) @ w["lm_head"].t()
-        if s.final_logit_softcapping is not None:
-            logits = torch.tanh(logits / s.final_logit_softcapping) * s.final_logit_softcapping
-        return logits
+        return self.logits(x[torch.arange(B, device=x.device), last])  # only the tokens whose logits are used
 
 
 def kv_pool_bytes(shape: ModelShape, slots: int, max_context: int, dtype: torch.dtype) -> int:

@@ -1,0 +1,99 @@
+"""The generate engine's decode step on the GPU, compiled by layer against compiled whole, side by side.
+
+gemma-3-1b shapes in fp16 with random weights (the preset's config, the declared generate spec), the KV
+pool filled with random keys and values. For each form, every decode bucket of interest is captured and
+timed at a short and a long context (the engine call, synchronised, and the graph replay alone):
+
+- ``matmuls``: layer by layer, attention as batched matmuls over the gathered slots (two compiles per layer);
+- ``kernel``: layer by layer, attention with the decode kernel;
+- ``whole``: the step compiled whole around the kernel (``KVForward.decode_step``), batch 1 with each of
+  the batch-1 variants below, batches of 2 or more in one compile over the batch.
+
+Run on the GPU machine::
+
+    python3 bench/probes/decode_step.py --out $OUT/decode_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.generate_bench import sync_fn, time_decode  # noqa: E402
+from llmprofiles import models  # noqa: E402
+from llmprofiles.generation import forward  # noqa: E402
+from llmprofiles.generation.engine import GenerationEngine  # noqa: E402
+from llmprofiles.profiles.sets import generate_spec  # noqa: E402
+
+# name: (inductor options over the defaults, projections as multiply-and-reduce)
+B1_VARIANTS = {
+    "cdt+gemv": ({"coordinate_descent_tuning": True}, True),
+    "gemv": ({}, True),
+    "cdt": ({"coordinate_descent_tuning": True}, False),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--contexts", default="192,1900")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--b1-variants", default=",".join(B1_VARIANTS))
+    p.add_argument("--model", default="gemma-3-1b", help="a preset (tiny, with --device cpu, to try the probe)")
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    model = models.load_model(a.model, torch.float16 if device.type == "cuda" else torch.float32, device)
+    shape = forward.ModelShape.from_config(model.config.to_dict())
+    weights = forward.fuse_weights(shape, {k: v.detach() for k, v in model.state_dict().items()})
+    del model
+    spec = generate_spec(a.model)
+    engine = GenerationEngine(shape, weights, spec, device)
+    engine.forward.k_pool.normal_()
+    engine.forward.v_pool.normal_()
+    sync = sync_fn(device)
+    batches = [int(b) for b in a.batches.split(",")]
+    contexts = [int(c) for c in a.contexts.split(",")]
+    rows = []
+
+    def run(form: str, only: list[int] | None = None) -> None:
+        engine.graphs = {}
+        for b in only or batches:
+            for c in contexts:
+                t0 = time.perf_counter()
+                engine.decode(list(range(b)), [5] * b, [c] * b)  # compiles (first time) and captures
+                sync()
+                first_s = time.perf_counter() - t0
+                r = time_decode(engine, b, c, a.iters, 20, sync)
+                row = {"form": form, "batch": b, "context": c, "first_call_s": first_s,
+                       "call_p50_ms": r["call_ms"]["p50_ms"], "replay_p50_ms": (r["replay_ms"] or {}).get("p50_ms")}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+
+    f = engine.forward
+    f.decode_kernel, f.whole_decode = False, False
+    run("matmuls")
+    f.decode_kernel = True
+    f.kernel_for = lambda batch, kv_len: True
+    run("kernel")
+    f.whole_decode = True
+    for name in a.b1_variants.split(","):
+        options, gemv = B1_VARIANTS[name]
+        forward.WHOLE_B1_GEMV = gemv
+        f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
+        torch._dynamo.reset()
+        run(f"whole {name}", [1])
+    run("whole", [b for b in batches if b > 1])
+    a.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+                                 "spec": spec.to_dict(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
