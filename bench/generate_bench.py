@@ -201,7 +201,8 @@ def time_decode(engine, batch: int, position: int, iters: int, warmup: int, sync
         samples.append((time.perf_counter() - t0) * 1e3)
     return {"batch": batch, "profile": engine.profiles.names[index], "context": position,
             "attention_length": engine.graph_key(index, position + 1)[1],
-            "attention": "kernel" if engine.forward.decode_kernel else "matmuls", "call_ms": ms_stats(samples),
+            "attention": "kernel" if engine.forward.decode_kernel else "matmuls",
+            "whole_step": bool(engine.forward.decode_kernel and engine.forward.whole_decode), "call_ms": ms_stats(samples),
             "replay_ms": replay_gpu_ms(engine, index, position + 1, iters)}
 
 
@@ -221,19 +222,30 @@ def time_prefill(engine, length: int, iters: int, warmup: int, sync, rng: np.ran
             "replay_ms": replay_gpu_ms(engine, index, length, iters)}
 
 
-def compare_attention(engine, buckets: list[int], position: int, iters: int, warmup: int, sync) -> dict:
-    """Decode with the batched-matmul attention beside the kernel, in one process: ``{form: {batch: time_decode}}``.
+# The decode forms compare_attention times, as the report names them.
+DECODE_FORMS = {"matmuls": "batched matmuls, by layer", "kernel_layers": "kernel, by layer",
+                "kernel": "attention kernel", "whole": "kernel, compiled whole (served)"}
 
-    The matmul form's graphs are captured here (its layer half compiles for decode shapes first); the kernel's
-    graphs are put back after, and the kernel is timed again last, so both forms run in the same window.
+
+def compare_attention(engine, buckets: list[int], position: int, iters: int, warmup: int, sync) -> dict:
+    """Decode in each form side by side, in one process: ``{form: {batch: time_decode}}`` (forms: DECODE_FORMS).
+
+    The batched matmuls and, where the served step is compiled whole, the kernel layer by layer: their layer
+    halves compile for decode shapes first and their graphs are captured here. The served form's graphs are
+    put back after, and it is timed again last, so every form runs in the same window.
     """
-    kept, out = engine.graphs, {}
-    engine.graphs, engine.forward.decode_kernel = {}, False
+    f = engine.forward
+    kept, whole, out = engine.graphs, f.whole_decode, {}
     try:
+        engine.graphs, f.decode_kernel = {}, False
         out["matmuls"] = {str(b): time_decode(engine, b, position, iters, warmup, sync) for b in buckets}
+        if whole:
+            engine.graphs, f.decode_kernel, f.whole_decode = {}, True, False
+            out["kernel_layers"] = {str(b): time_decode(engine, b, position, iters, warmup, sync) for b in buckets}
     finally:
-        engine.graphs, engine.forward.decode_kernel = kept, True
-    out["kernel"] = {str(b): time_decode(engine, b, position, iters, warmup, sync) for b in buckets}
+        engine.graphs, f.decode_kernel, f.whole_decode = kept, True, whole
+    out["whole" if whole else "kernel"] = {str(b): time_decode(engine, b, position, iters, warmup, sync)
+                                           for b in buckets}
     return out
 
 
@@ -1096,6 +1108,7 @@ def report(state: dict) -> str:
                   f"{sum(eng['warm_up_s']):.1f} s (graph capture on CUDA; eager on CPU).", "",
                   f"Decode step, the bucket full, at {first_decode['context']} positions of context ("
                   + ("attention by the kernel that reads each row's context in place"
+                     + (", the step compiled whole" if first_decode.get("whole_step") else "")
                      if first_decode.get("attention") == "kernel" else
                      f"batched matmuls; on CUDA the graph captured for attention length "
                      f"{first_decode.get('attention_length', '-')}")
@@ -1113,12 +1126,13 @@ def report(state: dict) -> str:
             def cell(r: dict) -> str:
                 return (f"{fmt(r['call_ms']['p50_ms'], 3)} / "
                         + (fmt(r["replay_ms"]["p50_ms"], 3) if r["replay_ms"] else "-"))
+            forms = [f for f in DECODE_FORMS if f in ab]
             lines += ["Decode attention side by side, in the same process after the figures above: the batched "
-                      "matmuls over gathered slots (the layer half compiled for decode shapes, graphs captured then) "
-                      "against the kernel that reads the pool in place (timed again after them). Engine call p50 / "
-                      "graph replay p50, ms:", "",
-                      *table(["batch", "batched matmuls", "attention kernel"],
-                             [[b, cell(r), cell(ab["kernel"][b])] for b, r in ab["matmuls"].items()]), ""]
+                      "matmuls over gathered slots, layer by layer (graphs captured then)"
+                      + (", the kernel that reads the pool in place, layer by layer," if "kernel_layers" in ab else "")
+                      + " and the served form (timed again after them). Engine call p50 / graph replay p50, ms:", "",
+                      *table(["batch", *(DECODE_FORMS[f] for f in forms)],
+                             [[b, *(cell(ab[f][b]) for f in forms)] for b in ab["matmuls"]]), ""]
         g = eng["host_gap"]
         lines += [f"Host gap: the real Scheduler in-process (no-op emit), {g['concurrency']} requests of "
                   f"{PROMPT_LEN}+{OUTPUT_TOKENS} tokens, {g['steps']} decode steps at full batch: wall per step p50 "

@@ -80,7 +80,9 @@ def test_kernel_matches_masked_softmax_and_writes_the_pool(kernel, monkeypatch, 
     if parts > 1:  # the context cut into parts of 8 positions or more: as a long context on a large GPU
         monkeypatch.setattr(kernel, "SPLIT_MIN", 8)
         monkeypatch.setattr(kernel, "processors", lambda device: 10_000)
-    assert kernel.splits_for(min(ctx, window or ctx), B * heads, kernel.processors(DEVICE)) == (
+    else:  # one part: a GPU the rows keep busy already
+        monkeypatch.setattr(kernel, "processors", lambda device: 1)
+    assert kernel.splits_for(min(ctx, window or ctx), B * kv_heads, kernel.processors(DEVICE)) == (
         1 if parts == 1 or (window or ctx) < 16 else parts if window is None else 4)
     got = kernel.decode_attention(q, k, v, k_pool, v_pool, slots, positions, slots, positions, scale, window, ctx)
     tol = 2e-3 if dtype == torch.float16 else 1e-5
@@ -98,7 +100,6 @@ def test_engine_steps_with_the_kernel_give_the_batched_matmul_logits(kernel):
         weights = forward.fuse_weights(shape, {k: v.clone().to(DEVICE) for k, v in hf.state_dict().items()})
         e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=False)
         e.forward.decode_kernel = use_kernel
-        e.forward.kernel_for = lambda batch, kv_len: True
         return e
 
     with_kernel, without = make(True), make(False)
@@ -151,9 +152,7 @@ def test_the_builds_check_keeps_a_matching_kernel_and_refuses_a_wrong_or_failing
     assert failed == {"use": "matmuls", "reason": "the kernel failed: RuntimeError: no kernel image is available"}
 
 
-def test_decode_steps_take_the_kernel_only_at_the_shapes_where_it_was_faster(kernel, monkeypatch):
-    assert attention.preferred(1, 2048) and attention.preferred(64, 256)
-    assert not attention.preferred(2, 257) and not attention.preferred(64, 2048)
+def test_every_decode_step_takes_the_kernel_and_prefill_does_not(kernel, monkeypatch):
     hf = models.load_model("tiny", torch.float32)
     shape = forward.ModelShape.from_config(hf.config.to_dict())
     spec = GenerationSpec(slots=2, max_context=512, decode_buckets=(1, 2), prefill_buckets=(256,))
@@ -164,11 +163,43 @@ def test_decode_steps_take_the_kernel_only_at_the_shapes_where_it_was_faster(ker
     monkeypatch.setattr(kernel, "decode_attention", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     for slot in (0, 1):
         e.prefill(slot, list(range(4, 204)), 0)
-        e.prefill(slot, list(range(4, 104)), 200)
+    assert calls == []
     layers = shape.num_layers
-    e.decode([0], [5], [300])  # batch 1, 301 positions: the kernel
-    assert calls == [1] * layers
-    e.decode([0, 1], [5, 6], [301, 300])  # batch 2 over 302 positions: the matmuls
-    assert len(calls) == layers
-    e.decode([0, 1], [5, 6], [100, 100])  # batch 2 over 101 positions: the kernel
-    assert calls[layers:] == [2] * layers
+    e.decode([0], [5], [300])  # batch 1, 301 positions
+    e.decode([0, 1], [5, 6], [301, 300])  # batch 2 over 302 positions
+    e.decode([0, 1], [5, 6], [100, 100])
+    assert calls == [1] * layers + [2] * 2 * layers
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_decode_step_compiled_whole_gives_the_layer_by_layer_logits_and_pool(kernel, compiled):
+    """decode_step (the kernel as one operator, batch 1 with multiply-and-reduce projections) against the
+    layer-by-layer step with the kernel and with the batched matmuls, over a padded bucket and batch 1."""
+    hf = models.load_model("tiny", torch.float32)
+    shape = forward.ModelShape.from_config(hf.config.to_dict())
+    spec = GenerationSpec(slots=4, max_context=64, decode_buckets=(1, 4), prefill_buckets=(16,))
+
+    def make(use_kernel: bool, whole: bool) -> GenerationEngine:
+        weights = forward.fuse_weights(shape, {k: v.clone().to(DEVICE) for k, v in hf.state_dict().items()})
+        e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=whole and compiled,
+                             decode_kernel=use_kernel)
+        e.forward.whole_decode = whole
+        return e
+
+    engines = [make(False, False), make(True, False), make(True, True)]
+    prompts = {0: list(range(3, 15)), 1: [7], 2: list(range(40, 49))}
+    for e in engines:
+        for slot, p in prompts.items():
+            e.prefill(slot, p, 0)
+    tokens, positions = [5, 6, 7], [len(p) for p in prompts.values()]
+    for step in range(3):
+        batch = [e.decode(list(prompts), tokens, positions)[0] for e in engines]
+        single = [e.decode([3], [9 + step], [step])[0] for e in engines]  # batch 1: the other compile
+        for got in batch[1:]:
+            torch.testing.assert_close(got, batch[0], atol=1e-4, rtol=1e-4)
+        for got in single[1:]:
+            torch.testing.assert_close(got, single[0], atol=1e-4, rtol=1e-4)
+        tokens, positions = [int(t) for t in batch[0].argmax(-1)], [p + 1 for p in positions]
+    for e in engines[1:]:  # every step's keys and values landed in the engine's own pool
+        torch.testing.assert_close(e.forward.k_pool[:, :4], engines[0].forward.k_pool[:, :4])
+        torch.testing.assert_close(e.forward.v_pool[:, :4], engines[0].forward.v_pool[:, :4])

@@ -320,3 +320,10 @@ def test_report_puts_the_decode_attention_forms_side_by_side():
     assert "attention by the kernel that reads each row's context in place" in md
     assert "| 1 | 1.900 / 1.710 | 1.500 / 1.350 |" in md and "| 64 | 2.800 / 2.520 | 2.100 / 1.890 |" in md
     assert "Decode attention side by side" not in report(met_state())
+    state["engine"]["decode"]["1"]["whole_step"] = True
+    state["engine"]["attention_ab"] = {"matmuls": {"1": decode(1, 1.9)}, "kernel_layers": {"1": decode(1, 1.6)},
+                                       "whole": {"1": decode(1, 1.3)}}
+    md = report(state)
+    assert "the kernel that reads each row's context in place, the step compiled whole" in md
+    assert "| batch | batched matmuls, by layer | kernel, by layer | kernel, compiled whole (served) |" in md
+    assert "| 1 | 1.900 / 1.710 | 1.600 / 1.440 | 1.300 / 1.170 |" in md

@@ -51,6 +51,7 @@ PROMPTS = [[5], list(range(10, 30)), list(range(100, 170)), list(range(7, 12))]
 
 def test_every_profile_is_captured_at_warm_up_for_each_attention_length(graphed):
     assert graphed.forward.decode_kernel, "on CUDA decode attends with the kernel by default"
+    assert graphed.forward.whole_decode, "and a decode step is compiled whole"
     expected = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in kv_buckets(SPEC.max_context) if k >= s}
     assert set(graphed.graphs) == expected
 

@@ -81,7 +81,6 @@ def main() -> None:
     f.decode_kernel, f.whole_decode = False, False
     run("matmuls")
     f.decode_kernel = True
-    f.kernel_for = lambda batch, kv_len: True
     run("kernel")
     f.whole_decode = True
     for name in a.b1_variants.split(","):

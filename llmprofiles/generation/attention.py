@@ -7,21 +7,32 @@ into a dense copy (two more), then runs two batched matmuls and a masked softmax
 kernels per layer, and at batch 64 the gather alone was the step's largest kernel (H200,
 bench/NOTES.md, session 5). This kernel does the whole of it in one launch:
 
-- program ``(b, h, part)`` reads query head ``h`` of row ``b`` and walks its part of the pool
-  positions of slot ``slots[b]`` before the row's position, causally and inside the sliding
-  window, with an online softmax in float32; where a context is cut into several parts
-  (:func:`splits_for`), a second kernel combines them;
+- program ``(b, kv_head, part)`` attends every query head of one KV head of row ``b`` at once
+  (one ``tl.dot`` over a tile of at least 16 query rows), so each key and value is read once
+  per row, whatever the group size. It walks its part of the pool positions of slot ``slots[b]``
+  before the row's position, causally and inside the sliding window, with an online softmax in
+  float32; where a context is cut into several parts (:func:`splits_for`), a second kernel
+  combines them;
 - the step's own key and value come from registers, not from the pool, so no program reads a
-  position another one is writing;
-- the first query head of each KV head writes that key and value into the pool at
+  position another one is writing; the first part writes them into the pool at
   ``(write_slots[b], write_pos[b])`` (padding rows write the scratch slot, as before).
 
 A row reads only as many positions as its own context holds; the step's attention length
-(``kv_len``) sets only how many parts there are. The engine takes the kernel for the decode
-shapes where it was measured faster (:func:`preferred`); off CUDA, or without Triton, the
-batched-matmul form runs.
-With ``TRITON_INTERPRET=1`` set when this module is imported, the kernel runs on the CPU in Triton's
-interpreter (the tests do, where Triton is installed).
+(``kv_len``) sets only how many parts there are. Off CUDA, or without Triton, the batched-matmul
+form runs. With ``TRITON_INTERPRET=1`` set when this module is imported, the kernel runs on the CPU
+in Triton's interpreter (the tests do, where Triton is installed).
+
+Per layer on the H200 (``bench/probes/decode_attention.py``, gemma-3-1b shapes: 4 query heads on one
+KV head, head_dim 256; 26 layers in one CUDA graph; ``results/2026-11-30-session11-probes/``), in us:
+
+======================  ========  ======================  ===========
+batch, context          matmuls   one program per head    this kernel
+======================  ========  ======================  ===========
+1, 192                  14.1      6.1                     5.3
+64, 192                 28.4      26.4                    10.7
+8, 1,900                30.7      33.3                    11.8
+64, 1,900               118.5     208.8                   44.6
+======================  ========  ======================  ===========
 """
 
 from __future__ import annotations
@@ -37,23 +48,10 @@ except ImportError:  # CPU-only installs (CI) have no Triton: the batched-matmul
     triton = None
 
 BLOCK_T = 32  # pool positions per loop iteration
-# Per layer on the H200 (bench/probes/decode_attention.py, gemma-3-1b shapes, 2026-11-30, run4-logs/):
-# 4 warps beat 8 everywhere, and parts of 32 positions or more beat parts of 256 or more, e.g. 6.1 against
-# 17.3 us at batch 1 and 192 positions, and tied at batch 64 and 1,900.
-NUM_WARPS = 4
+NUM_WARPS = 4  # 8 was no faster in that probe, and slower at short contexts
 SPLIT_MIN = 32  # the fewest pool positions worth a program of their own
 MAX_SPLITS = 16
-# Where the kernel beat the batched matmuls in that probe: batch 1 (6.1 against 14.4 us at 192 positions,
-# 20.2 against 20.4 at 1,900) and attention lengths up to 256 (26.6 against 28.5 us at batch 64). It lost at
-# batch 8 and 64 over 1,900 positions (33.5 against 29.4, 209 against 119 us): there each query head's program
-# reads its KV head's keys again. Those steps keep the matmuls.
-KERNEL_MAX_KV_LEN = 256
-
-
-def preferred(batch: int, kv_len: int) -> bool:
-    """Whether a decode step of ``batch`` rows over ``kv_len`` positions attends with the kernel."""
-    return batch == 1 or kv_len <= KERNEL_MAX_KV_LEN
-
+DOT_ROWS = 16  # the smallest tile tl.dot takes: a KV head's query heads, padded
 
 # triton.jit reads TRITON_INTERPRET as the kernel below is defined: then it runs in Triton's interpreter, on CPU tensors.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -69,7 +67,7 @@ def splits_for(kv_len: int, programs: int, processors: int) -> int:
     """Parts each row's context is cut into: enough programs for two per processor, none under SPLIT_MIN positions.
 
     A power of two, 1 for short contexts (then one kernel writes the output and no combine runs). One program
-    per (row, head) walks its context alone: at batch 1 that is a handful of programs for the whole GPU.
+    per (row, KV head) walks its context alone: at batch 1 that is a handful of programs for the whole GPU.
     """
     n = 1
     while n < MAX_SPLITS and kv_len // (2 * n) >= SPLIT_MIN and programs * n < 2 * processors:
@@ -82,14 +80,17 @@ if triton is not None:
     def _decode_attention(q_ptr, k_ptr, v_ptr, k_pool_ptr, v_pool_ptr, slots_ptr, positions_ptr,
                           write_slots_ptr, write_pos_ptr, out_ptr, part_ptr, scale, window,
                           q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, p_ss, p_st, p_sh, o_sb, o_sh,
-                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
-                          SLIDING: tl.constexpr, SPLITS: tl.constexpr):
+                          GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+                          SLIDING: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr):
         b = tl.program_id(0)
-        h = tl.program_id(1)
+        kvh = tl.program_id(1)
         split = tl.program_id(2)
-        kvh = h // GROUP
+        heads = tl.num_programs(1) * GROUP
+        g = tl.arange(0, ROWS)
+        real = g < GROUP  # rows past the group pad the tile: they load zeros and store nothing
+        h = kvh * GROUP + g
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + b * q_sb + h * q_sh + d).to(tl.float32)
+        q = tl.load(q_ptr + b * q_sb + h[:, None] * q_sh + d[None, :], mask=real[:, None], other=0.0)
         k_new = tl.load(k_ptr + b * k_sb + kvh * k_sh + d)
         v_new = tl.load(v_ptr + b * v_sb + kvh * v_sh + d)
         pos = tl.load(positions_ptr + b)
@@ -101,34 +102,36 @@ if triton is not None:
         share = tl.cdiv(tl.cdiv(pos - lo, SPLITS), BLOCK) * BLOCK
         first = lo + split * share
         last = tl.minimum(first + share, pos)
-        # The step's own token is the first split's: its running max starts at that score, its weight at 1.
-        # The other splits start empty (max -inf, weight 0).
-        own = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+        # The step's own token is the first part's: its running max starts at that score, its weight at 1.
+        # The other parts start empty (max -inf, weight 0).
+        own = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], axis=1) * scale
         m = tl.where(split == 0, own, float("-inf"))
-        total = tl.where(split == 0, 1.0, 0.0)
-        acc = v_new.to(tl.float32) * total
+        total = tl.where(split == 0, 1.0, 0.0) + own * 0.0
+        acc = v_new.to(tl.float32)[None, :] * total[:, None]
         base = slot.to(tl.int64) * p_ss + kvh * p_sh
         for start in range(first, last, BLOCK):
             t = start + tl.arange(0, BLOCK)
             valid = t < last
             offs = base + t.to(tl.int64)[:, None] * p_st + d[None, :]
-            keys = tl.load(k_pool_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-            s = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            p = tl.exp(s - m_new)
+            keys = tl.load(k_pool_ptr + offs, mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale  # [ROWS, BLOCK], float32
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m - m_new)
-            values = tl.load(v_pool_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-            acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
-            total = total * alpha + tl.sum(p, axis=0)
+            values = tl.load(v_pool_ptr + offs, mask=valid[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=PRECISION)
+            total = total * alpha + tl.sum(p, axis=1)
             m = m_new
         if SPLITS == 1:
-            tl.store(out_ptr + b * o_sb + h * o_sh + d, (acc / total).to(out_ptr.dtype.element_ty))
+            tl.store(out_ptr + b * o_sb + h[:, None] * o_sh + d[None, :],
+                     (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=real[:, None])
         else:  # partials [B, H, SPLITS, HEAD_DIM + 2]: the weighted values, their total weight, the max
-            row = part_ptr + ((b * tl.num_programs(1) + h) * SPLITS + split) * (HEAD_DIM + 2)
-            tl.store(row + d, acc)
-            tl.store(row + HEAD_DIM, total)
-            tl.store(row + HEAD_DIM + 1, m)
-        if (h % GROUP == 0) & (split == 0):
+            rows = part_ptr + ((b * heads + h) * SPLITS + split) * (HEAD_DIM + 2)
+            tl.store(rows[:, None] + d[None, :], acc, mask=real[:, None])
+            tl.store(rows + HEAD_DIM, total, mask=real)
+            tl.store(rows + HEAD_DIM + 1, m, mask=real)
+        if split == 0:
             w = tl.load(write_slots_ptr + b).to(tl.int64) * p_ss + tl.load(write_pos_ptr + b).to(tl.int64) * p_st
             tl.store(k_pool_ptr + w + kvh * p_sh + d, k_new)
             tl.store(v_pool_ptr + w + kvh * p_sh + d, v_new)
@@ -172,15 +175,18 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: 
                                                 for t in (slots, positions, write_slots, write_pos))
     if window is not None:
         kv_len = min(kv_len, window)
-    splits = splits_for(kv_len, B * H, processors(q.device))
+    splits = splits_for(kv_len, B * kv_heads, processors(q.device))
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
     parts = torch.empty(B, H, splits, D + 2, dtype=torch.float32, device=q.device) if splits > 1 else out
-    _decode_attention[(B, H, splits)](
+    group = H // kv_heads
+    _decode_attention[(B, kv_heads, splits)](
         q, k, v, k_pool, v_pool, slots, positions, write_slots, write_pos, out, parts, scale, window or 0,
         q.stride(0), q.stride(1), k.stride(0), k.stride(2), v.stride(0), v.stride(2), k_pool.stride(0),
         k_pool.stride(1), k_pool.stride(2), out.stride(0), out.stride(1),
-        GROUP=H // kv_heads, HEAD_DIM=D, BLOCK=BLOCK_T, SLIDING=window is not None, SPLITS=splits,
-        num_warps=NUM_WARPS)
+        GROUP=group, ROWS=max(DOT_ROWS, triton.next_power_of_2(group)), HEAD_DIM=D, BLOCK=BLOCK_T,
+        SLIDING=window is not None, SPLITS=splits,
+        # float32 pools (the tests' models) multiply in float32: tl.dot's default would round them to tf32
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS)
     if splits > 1:
         _combine[(B, H)](parts, out, out.stride(0), out.stride(1), HEAD_DIM=D, SPLITS=splits, num_warps=NUM_WARPS)
     return out

@@ -141,7 +141,7 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
     if device_t.type == "cuda":
         from llmprofiles.generation.engine import load_generation_engine
 
-        with step("compile the layer kernels and capture every step profile once (fills the inductor cache)"):
+        with step("compile the steps and capture every step profile once (fills the inductor cache)"):
             load_generation_engine(version_dir, device_t).warm_up()
     return manifest
 
