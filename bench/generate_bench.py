@@ -632,6 +632,32 @@ def server_gauges(server) -> dict:
             "queue_size": metric_sum(m, "llm_generate_queue_size", model="generate")}
 
 
+def scheduler_counters(server) -> dict:
+    """The generate model's counters of its scheduler thread's time (by part), decode steps and output tokens."""
+    from llmprofiles.generation.scheduler import TIME_PARTS
+    from llmprofiles.serving.launcher import metric_sum
+
+    time.sleep(0.3)  # the model's metrics timer sends every 0.1 s
+    m = server.metrics()
+    out = {part: metric_sum(m, "llm_generate_scheduler_seconds_total", model="generate", part=part) or 0.0
+           for part in TIME_PARTS}
+    out["decode_steps"] = sum(v for (name, labels), v in m.items() if name == "llm_generate_steps_total"
+                              and any(k == "profile" and p.startswith("decode") for k, p in labels))
+    out["output_tokens"] = metric_sum(m, "llm_generate_output_tokens_total", model="generate") or 0.0
+    return out
+
+
+def scheduler_split(before: dict, after: dict) -> dict | None:
+    """Between two scheduler_counters: the scheduler thread's ms per decode step, by part, and "host" (the rest)."""
+    d = {k: after[k] - before[k] for k in after}
+    steps = d.pop("decode_steps")
+    if steps <= 0:
+        return None
+    per = {k: v * 1e3 / steps for k, v in d.items() if k != "output_tokens"}
+    per["host"] = per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
+    return {"decode_steps": steps, "rows_per_step": d["output_tokens"] / steps, "ms_per_step": per}
+
+
 def first_vs_steady(server, vocab: int, repeats: int) -> dict:
     """The first request after ready, then the same request ``repeats`` times (the steady state)."""
     prompt = np.random.default_rng(SEED + 1).integers(4, vocab, PROMPT_LEN).tolist()
@@ -799,8 +825,10 @@ def phase_triton(a, state: dict) -> dict:
               f"p50 ttft {fs['steady_ttft_p50_ms']:.1f} ms, total {fs['steady_e2e_p50_ms']:.1f} ms", flush=True)
         out["client"] = {}
         for c in a.concurrency:
+            before = scheduler_counters(server)
             result = run_client(server, a, c, vocab)
-            out["client"][str(c)] = client_figures(result) | {"command": " ".join(client_command(server, a, c, vocab))}
+            out["client"][str(c)] = client_figures(result) | {"command": " ".join(client_command(server, a, c, vocab)),
+                                                              "scheduler": scheduler_split(before, scheduler_counters(server))}
             f = out["client"][str(c)]
             if not f["ttft"]:  # the client refused to run (its JSON names why): keep going, report it
                 f["error"] = result.get("error", "no figures")
@@ -978,6 +1006,11 @@ def drift_bytes(start: dict, end: dict, key: str) -> int | None:
     return b - a if a and b else None
 
 
+def engine_builds(state: dict) -> list[dict]:
+    """The engine phase of each fresh build measured: this state's, then any from --other-build."""
+    return [e for e in (state.get("engine"), *state.get("other_builds", [])) if e]
+
+
 def targets(state: dict) -> list[list[str]]:
     """Issue 11's targets against this run: ``[target, measured, verdict]``; unmeasured ones say so."""
     eng, tri, load = state.get("engine"), state.get("triton"), state.get("load")
@@ -986,11 +1019,14 @@ def targets(state: dict) -> list[list[str]]:
     def row(name: str, measured: str, ok: bool | None) -> None:
         rows.append([name, measured, verdict(ok)])
 
+    builds = engine_builds(state)
     for batch, bound in ((1, 1.2), (64, 2.0)):
-        d = (eng or {}).get("decode", {}).get(str(batch))
-        ms = d["call_ms"]["p50_ms"] if d else None
-        row(f"engine decode step at batch {batch} <= {bound} ms (median)", fmt(ms, 3, " ms"),
-            None if ms is None else ms <= bound)
+        calls = [d["call_ms"]["p50_ms"] for e in builds if (d := e.get("decode", {}).get(str(batch)))]
+        ms = float(np.median(calls)) if calls else None
+        each = f" ({' and '.join(fmt(c, 3) for c in calls)})" if len(calls) > 1 else ""
+        row(f"engine decode step at batch {batch} <= {bound} ms (p50; median of {len(builds)} fresh builds)"
+            if len(builds) > 1 else f"engine decode step at batch {batch} <= {bound} ms (median)",
+            fmt(ms, 3, " ms") + each, None if ms is None else ms <= bound)
     client = (tri or {}).get("client", {})
     c1, c64 = client.get("1"), client.get("64")
     itl1 = c1["itl"]["p50_ms"] if c1 and c1.get("itl") else None
@@ -1121,6 +1157,19 @@ def report(state: dict) -> str:
                   "", *table(["prefill length", "profile", "p50 ms", "p99 ms"],
                              [[str(p["length"]), p["profile"], fmt(p["call_ms"]["p50_ms"], 3),
                                fmt(p["call_ms"]["p99_ms"], 3)] for p in eng["prefill"].values()]), ""]
+        builds = engine_builds(state)
+        if len(builds) > 1:
+            buckets = [b for b in eng["decode"] if all(b in e["decode"] for e in builds)]
+
+            def spread(values: list[float]) -> str:
+                return f"{(max(values) - min(values)) / min(values) * 100:.1f}%"
+
+            lines += [f"The same decode steps on {len(builds)} fresh builds (each its own `make build` from an empty "
+                      "inductor cache), engine call p50 ms; the targets take their median:", "",
+                      *table(["batch", *(f"build {i + 1}" for i in range(len(builds))), "median", "spread"],
+                             [[b, *(fmt(e["decode"][b]["call_ms"]["p50_ms"], 3) for e in builds),
+                               fmt(float(np.median([e["decode"][b]["call_ms"]["p50_ms"] for e in builds])), 3),
+                               spread([e["decode"][b]["call_ms"]["p50_ms"] for e in builds])] for b in buckets]), ""]
         ab = eng.get("attention_ab")
         if ab:
             def cell(r: dict) -> str:
@@ -1185,6 +1234,17 @@ def report(state: dict) -> str:
                   *table(["conc", "client TTFT p50", "p99", "client ITL p50", "p99", "client tok/s", "errors/requests",
                           "perf_analyzer TTFT p50", "p99", "perf_analyzer ITL p50", "p99", "perf_analyzer tok/s",
                           "HF static tok/s"], sweep_rows(tri, anchor)), ""]
+        split = {c: r["scheduler"] for c, r in tri["client"].items() if r.get("scheduler")}
+        if split:
+            parts = ("iteration", "launch", "wait", "emit", "prefill", "host")
+            lines += ["The server's scheduler thread during each `client/generate.py` run, ms per decode step (its "
+                      "`llm_generate_scheduler_seconds_total` counters over the run's decode steps): the whole "
+                      "iteration; enqueueing the step and its sampling (launch); waiting for the previous step's "
+                      "tokens, the GPU's share (wait); sending responses, a blocking round trip each (emit); prefill "
+                      "chunks; and the rest, the host's own work (host).", "",
+                      *table(["conc", "rows per step", *parts],
+                             [[c, fmt(r["rows_per_step"], 1), *(fmt(r["ms_per_step"][p], 3) for p in parts)]
+                              for c, r in split.items()]), ""]
     if load:
         lines += ["## Load run with cancellations", "",
                   f"Concurrency {load['concurrency']} for {load['wall_s']:.0f} s, every 10th request cancelled "
@@ -1329,6 +1389,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--note", action="append", default=[], help="a remark kept in the report (repeatable)")
     p.add_argument("--merge", action="append", default=[], type=Path,
                    help="another state file whose phases join this one's (a phase run with its own --state)")
+    p.add_argument("--other-build", action="append", default=[], type=Path,
+                   help="the state of another fresh build's engine phase: the report gives the spread over builds")
     eng = p.add_argument_group("engine phase")
     eng.add_argument("--decode-iters", type=int, help="timed decode steps per bucket (full: 200)")
     eng.add_argument("--decode-warmup", type=int, help="untimed steps per bucket before timing (full: 20)")
@@ -1385,6 +1447,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.server_pythonpath:
             state["server_pythonpath"] = str(a.server_pythonpath)
     state["notes"] = state.get("notes", []) + [n for n in a.note if n not in state.get("notes", [])]
+    for other in a.other_build:  # another fresh build's engine phase (its own state): the spread over builds
+        state["other_builds"] = [json.loads(other.read_text())["engine"]]
     for other in a.merge:  # phases run in parallel elsewhere (another GPU of the host) with their own state
         done = json.loads(other.read_text())
         state.update({phase: done[phase] for phase in PHASES if phase in done})

@@ -327,3 +327,36 @@ def test_report_puts_the_decode_attention_forms_side_by_side():
     assert "the kernel that reads each row's context in place, the step compiled whole" in md
     assert "| batch | batched matmuls, by layer | kernel, by layer | kernel, compiled whole (served) |" in md
     assert "| 1 | 1.900 / 1.710 | 1.600 / 1.440 | 1.300 / 1.170 |" in md
+
+
+def test_the_scheduler_split_is_per_decode_step_and_the_report_shows_it():
+    from bench.generate_bench import scheduler_split
+
+    before = {"iteration": 1.0, "launch": 0.1, "wait": 0.2, "emit": 0.3, "prefill": 0.0, "decode_steps": 10,
+              "output_tokens": 100}
+    after = {"iteration": 1.7, "launch": 0.2, "wait": 0.4, "emit": 0.5, "prefill": 0.1, "decode_steps": 110,
+             "output_tokens": 6_500}
+    split = scheduler_split(before, after)
+    assert split["decode_steps"] == 100 and split["rows_per_step"] == 64.0
+    per = split["ms_per_step"]
+    assert per == pytest.approx({"iteration": 7.0, "launch": 1.0, "wait": 2.0, "emit": 2.0, "prefill": 1.0,
+                                 "host": 1.0})
+    assert scheduler_split(before, before) is None  # no decode step between the two: nothing to divide
+    state = met_state()
+    state["triton"]["client"]["64"]["scheduler"] = split
+    md = report(state)
+    assert "| 64 | 64.0 | 7.000 | 1.000 | 2.000 | 2.000 | 1.000 | 1.000 |" in md
+    assert "scheduler thread" not in report(met_state())
+
+
+def test_a_second_fresh_build_gives_the_spread_and_the_targets_take_the_median():
+    state = met_state()
+    other = json.loads(json.dumps(state["engine"]))
+    other["decode"]["1"]["call_ms"]["p50_ms"] = state["engine"]["decode"]["1"]["call_ms"]["p50_ms"] + 0.2
+    state["other_builds"] = [other]
+    one = state["engine"]["decode"]["1"]["call_ms"]["p50_ms"]
+    md = report(state)
+    assert f"engine decode step at batch 1 <= 1.2 ms (p50; median of 2 fresh builds) | {one + 0.1:.3f} ms " \
+           f"({one:.3f} and {one + 0.2:.3f})" in md
+    assert f"| 1 | {one:.3f} | {one + 0.2:.3f} | {one + 0.1:.3f} | {0.2 / one * 100:.1f}% |" in md
+    assert "fresh builds" not in report(met_state())

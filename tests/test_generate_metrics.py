@@ -102,3 +102,21 @@ def test_a_flush_without_gauges_keeps_them_for_the_timer():
     assert log == [("llm_generate_active_sequences[('model', 'generate')]", "set", 3),
                    ("llm_generate_queue_size[('model', 'generate')]", "set", 1)]
     m.close()
+
+
+def test_the_scheduler_time_is_summed_and_sent_by_the_timer_only():
+    """Its counters add round trips: not before a final response (flush(gauges=False)), only from the timer."""
+    log = []
+    m = observer(log)
+    m.scheduler_time({"iteration": 0.004, "launch": 0.001, "wait": 0.002, "emit": 0.0005, "prefill": 0.0})
+    m.scheduler_time({"iteration": 0.003, "launch": 0.001, "wait": 0.001, "emit": 0.0, "prefill": 0.0})
+    m.flush(gauges=False)
+    assert log == []
+    m.flush()
+    part = "llm_generate_scheduler_seconds_total[('model', 'generate'), ('part', '{}')]".format
+    sent = {name: n for name, op, n in log if op == "increment"}
+    assert sent == {part("iteration"): 0.007, part("launch"): 0.002, part("wait"): 0.003, part("emit"): 0.0005}
+    log.clear()
+    m.flush()
+    assert log == []  # nothing new: nothing sent
+    m.close()

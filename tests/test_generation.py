@@ -218,6 +218,33 @@ def test_prompts_that_arrive_together_are_prefilled_one_per_iteration(hf):
     assert any(o.request is b for o in outs)
 
 
+def test_the_scheduler_reports_where_its_time_goes(hf):
+    """Per iteration that did work: its whole time, and the parts of it (sending, prefill, launch, the wait)."""
+    class Times(Observer):
+        def __init__(self):
+            self.seen = []
+
+        def scheduler_time(self, seconds):
+            self.seen.append(seconds)
+
+    def slow_emit(out):
+        time.sleep(0.002)
+
+    obs = Times()
+    sched = Scheduler(make_engine(hf), _NullTok(), slow_emit, observer=obs)
+    sched.submit(GenerateRequest(prompts(5)[0], max_tokens=4, stream=True))
+    run(sched)
+    # On the CPU a step's tokens are taken right after it: the prefill and the first decode step (tokens 1 and 2),
+    # then one decode step per iteration (3, then 4 with the final response).
+    assert len(obs.seen) == 3
+    for t, responses in zip(obs.seen, (2, 1, 1)):
+        assert set(t) == {"iteration", "launch", "wait", "emit", "prefill"}
+        assert t["emit"] >= 0.002 * responses
+        assert t["launch"] > 0
+        assert t["launch"] + t["wait"] + t["emit"] + t["prefill"] <= t["iteration"]
+    assert obs.seen[0]["prefill"] > 0 and all(t["prefill"] == 0 for t in obs.seen[1:])
+
+
 def test_streaming_sends_each_token_and_the_final_flag_last(hf):
     outs = []
     sched = Scheduler(make_engine(hf), _NullTok(), outs.append)

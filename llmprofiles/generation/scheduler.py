@@ -146,6 +146,13 @@ class Observer:
     def first_token(self, ttft_ms: float, prompt_tokens: int) -> None: ...
     def tokens(self, itl_ms: list[float]) -> None: ...
     def gauges(self, active: int, queued: int) -> None: ...
+    def scheduler_time(self, seconds: dict[str, float]) -> None: ...
+
+
+# Where the scheduler thread's time goes (Observer.scheduler_time, seconds per iteration that did work):
+# "iteration" is the whole of run_once; the rest are parts of it, and what they leave is the host's own work
+# (admitting, sampling's bookkeeping, detokenizing, end checks, scheduling).
+TIME_PARTS = ("iteration", "launch", "wait", "emit", "prefill")
 
 
 class Scheduler:
@@ -154,7 +161,8 @@ class Scheduler:
     def __init__(self, engine, tokenizer, emit: Callable[[Output], None], max_queue: int = 64,
                  observer: Observer | None = None, cancel_check_s: float = 0.0, overlap: bool | None = None,
                  send_budget_s: float = 0.0):
-        self.engine, self.tokenizer, self.emit = engine, tokenizer, emit
+        self.engine, self.tokenizer, self._emit = engine, tokenizer, emit
+        self._spent = dict.fromkeys(TIME_PARTS, 0.0)  # this iteration's seconds, by part (TIME_PARTS)
         # The most a step spends emitting streamed tokens (0: no limit). Each emit through Triton is a blocking
         # round trip (~0.2 ms on the H200 host), so 64 streams cost ~13 ms of sends per 2.6 ms step. Past the
         # budget, the streams served least recently keep their tokens for a later response: under load each
@@ -279,8 +287,22 @@ class Scheduler:
                     self._retire(seq.request)
                     self.emit(Output(seq.request, [], "", final=True, error=f"internal engine error: {e}"))
 
+    def emit(self, out: Output) -> None:
+        t0 = time.perf_counter()
+        self._emit(out)
+        self._spent["emit"] += time.perf_counter() - t0
+
     def run_once(self) -> bool:
         """One iteration; True when it did any work."""
+        t0 = time.perf_counter()
+        did = self._iterate()
+        if did:
+            spent, self._spent = self._spent, dict.fromkeys(TIME_PARTS, 0.0)
+            spent["iteration"] = time.perf_counter() - t0
+            self.observer.scheduler_time(spent)
+        return did
+
+    def _iterate(self) -> bool:
         with self._lock:
             rejects, self._rejects = list(self._rejects), deque()
         for out in rejects:
@@ -292,7 +314,9 @@ class Scheduler:
         # others' prefills every time (CPU machine, 8 streams: TTFT p50 50-79 vs 32-42 ms; bench/NOTES.md,
         # session 7). One per iteration staggers them, and a decode step never waits for more than one chunk.
         if self._prefilling:
+            t0, emitted = time.perf_counter(), self._spent["emit"]
             self._prefill_chunk(self._prefilling[0])
+            self._spent["prefill"] += time.perf_counter() - t0 - (self._spent["emit"] - emitted)
             did = True
         if self._running or self._flights:
             self._decode()
@@ -350,6 +374,7 @@ class Scheduler:
     def _decode(self) -> None:
         """Launch the next step of every sequence that may go on, then take the tokens of the previous one."""
         batch = self.engine.spec.max_batch
+        t0 = time.perf_counter()
         going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
         launched = []
         for start in range(0, len(going), batch):
@@ -364,9 +389,12 @@ class Scheduler:
             for s in group:
                 s.in_flight += 1
             launched.append(Flight.launch(group, sampled))
+        self._spent["launch"] += time.perf_counter() - t0
         previous, self._flights = (self._flights, launched) if self.overlap else (self._flights + launched, [])
         for flight in previous:
+            t0 = time.perf_counter()
             values = flight.values()
+            self._spent["wait"] += time.perf_counter() - t0
             for s in flight.group:
                 s.in_flight -= 1
             running = {id(s) for s in self._running}

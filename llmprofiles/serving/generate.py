@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmprofiles.generation.sampler import SamplingParams
-from llmprofiles.generation.scheduler import GenerateRequest, Observer, Output
+from llmprofiles.generation.scheduler import TIME_PARTS, GenerateRequest, Observer, Output
 from llmprofiles.serving.llm import BadRequest
 
 TTFT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -246,6 +246,9 @@ class MetricsObserver(Observer):
             "ttft": F("llm_generate_time_to_first_token_ms", "Time to first token (ms), queue included", F.HISTOGRAM),
             "itl": F("llm_generate_inter_token_latency_ms", "Time between two tokens of a sequence (ms), one sample per decode step", F.HISTOGRAM),
             "steps": F("llm_generate_steps_total", "Engine steps, by optimization profile", F.COUNTER),
+            "time": F("llm_generate_scheduler_seconds_total",
+                      "The scheduler thread's time, by part: iteration (all of it), launch (engine steps and "
+                      "sampling enqueued), wait (for a step's tokens), emit (sending responses), prefill", F.COUNTER),
         }
         self.families = fam  # families must outlive their metrics
         labels = {"model": model}
@@ -254,6 +257,8 @@ class MetricsObserver(Observer):
         self.ttft = fam["ttft"].Metric(labels=labels, buckets=list(TTFT_BUCKETS_MS))
         self.itl = fam["itl"].Metric(labels=labels, buckets=list(ITL_BUCKETS_MS))
         self.steps = [fam["steps"].Metric(labels={"model": model, "profile": n}) for n in profile_names]
+        self.time = {part: fam["time"].Metric(labels={"model": model, "part": part}) for part in TIME_PARTS}
+        self._time = dict.fromkeys(TIME_PARTS, 0.0)  # sent by the timer only: no round trip on a final response
         self._lock, self._flushing = threading.Lock(), threading.Lock()
         self._counts: dict[int, list] = {}  # id(metric) -> [metric, sum]
         self._gauges: dict[int, tuple] = {}  # id(metric) -> (metric, last value)
@@ -282,6 +287,11 @@ class MetricsObserver(Observer):
             self._samples.append((self.itl, sorted(itl_ms)[len(itl_ms) // 2]))
             self._count(self.output, len(itl_ms))
 
+    def scheduler_time(self, seconds: dict[str, float]) -> None:
+        with self._lock:
+            for part, t in seconds.items():
+                self._time[part] += t
+
     def gauges(self, active: int, queued: int) -> None:
         with self._lock:
             self._gauges[id(self.active)] = (self.active, active)
@@ -297,6 +307,12 @@ class MetricsObserver(Observer):
                 counts, samples = self._counts, self._samples
                 self._counts, self._samples = {}, []
                 gauges, self._gauges = (self._gauges, {}) if gauges else ({}, self._gauges)
+                times = {}
+                if gauges:
+                    times, self._time = self._time, dict.fromkeys(TIME_PARTS, 0.0)
+            for part, t in times.items():
+                if t:
+                    self.time[part].increment(t)
             for metric, n in counts.values():
                 metric.increment(n)
             for metric, value in samples:
