@@ -306,10 +306,10 @@ class MetricsObserver(Observer):
             with self._lock:
                 counts, samples = self._counts, self._samples
                 self._counts, self._samples = {}, []
-                gauges, self._gauges = (self._gauges, {}) if gauges else ({}, self._gauges)
                 times = {}
                 if gauges:
                     times, self._time = self._time, dict.fromkeys(TIME_PARTS, 0.0)
+                gauges, self._gauges = (self._gauges, {}) if gauges else ({}, self._gauges)
             for part, t in times.items():
                 if t:
                     self.time[part].increment(t)
