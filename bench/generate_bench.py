@@ -289,9 +289,14 @@ def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Genera
     class StepClock(Observer):
         def __init__(self):
             self.events: list[tuple[float, int, int]] = []
+            self.spent: dict[str, float] = {}  # the scheduler thread's seconds by part, as the server counts them
 
         def step(self, profile_index: int, tokens: int) -> None:
             self.events.append((time.perf_counter(), profile_index, tokens))
+
+        def scheduler_time(self, seconds: dict[str, float], responses: int) -> None:
+            for part, t in seconds.items():
+                self.spent[part] = self.spent.get(part, 0.0) + t
 
     batch = batch or engine.spec.max_batch
     index = engine.select(batch, 1)
@@ -300,6 +305,7 @@ def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Genera
     intervals, wall, tokens = [], 0.0, 0
     for _ in range(rounds):
         clock.events.clear()
+        clock.spent.clear()
         for _ in range(batch):
             prompt = rng.integers(4, engine.vocab_size, PROMPT_LEN).tolist()
             sched.submit(GenerateRequest(prompt, max_tokens=OUTPUT_TOKENS, min_tokens=OUTPUT_TOKENS, stream=True))
@@ -310,13 +316,16 @@ def host_gap(engine, tokenizer, decode: dict, rounds: int, rng: np.random.Genera
         tokens += batch * OUTPUT_TOKENS
         intervals += step_intervals_ms(clock.events, index, batch)
     step = ms_stats(intervals)
+    decode_steps = sum(1 for _, i, _ in clock.events if engine.profiles.names[i].startswith("decode"))
     alone = decode[str(batch)]
     gpu = (alone["replay_ms"] or alone["call_ms"])["p50_ms"]
     return {"concurrency": batch, "profile": engine.profiles.names[index], "steps": len(intervals),
             "step_wall_ms": step, "engine_call_p50_ms": alone["call_ms"]["p50_ms"],
             "gpu_step_p50_ms": gpu, "gpu_step_is": "graph replay (CUDA events)" if alone["replay_ms"] else "engine call",
             "host_gap_ms": None if step["p50_ms"] is None else step["p50_ms"] - gpu,
-            "tokens_per_s": tokens / wall if wall else None}
+            "tokens_per_s": tokens / wall if wall else None,
+            # the last round's, per decode step, comparable with the server's (scheduler_split)
+            "scheduler_ms_per_step": {k: v * 1e3 / decode_steps for k, v in clock.spent.items()} if decode_steps else None}
 
 
 def load_hf(version_dir: Path, dtype: torch.dtype, device: torch.device):
@@ -644,6 +653,7 @@ def scheduler_counters(server) -> dict:
     out["decode_steps"] = sum(v for (name, labels), v in m.items() if name == "llm_generate_steps_total"
                               and any(k == "profile" and p.startswith("decode") for k, p in labels))
     out["output_tokens"] = metric_sum(m, "llm_generate_output_tokens_total", model="generate") or 0.0
+    out["responses"] = metric_sum(m, "llm_generate_responses_total", model="generate") or 0.0
     return out
 
 
@@ -653,9 +663,12 @@ def scheduler_split(before: dict, after: dict) -> dict | None:
     steps = d.pop("decode_steps")
     if steps <= 0:
         return None
-    per = {k: v * 1e3 / steps for k, v in d.items() if k != "output_tokens"}
+    per = {k: v * 1e3 / steps for k, v in d.items() if k not in ("output_tokens", "responses")}
     per["host"] = per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
-    return {"decode_steps": steps, "rows_per_step": d["output_tokens"] / steps, "ms_per_step": per}
+    out = {"decode_steps": steps, "rows_per_step": d["output_tokens"] / steps, "ms_per_step": per}
+    if d.get("responses"):
+        out["responses_per_step"] = d["responses"] / steps
+    return out
 
 
 def first_vs_steady(server, vocab: int, repeats: int) -> dict:
@@ -1236,15 +1249,30 @@ def report(state: dict) -> str:
                           "HF static tok/s"], sweep_rows(tri, anchor)), ""]
         split = {c: r["scheduler"] for c, r in tri["client"].items() if r.get("scheduler")}
         if split:
-            parts = ("iteration", "launch", "wait", "emit", "prefill", "host")
+            known = next(iter(split.values()))["ms_per_step"]
+            parts = [p for p in ("iteration", "launch", "inputs", "step", "sample", "wait", "emit", "prefill", "host")
+                     if p in known]
+            counted = all("responses_per_step" in r for r in split.values())
             lines += ["The server's scheduler thread during each `client/generate.py` run, ms per decode step (its "
                       "`llm_generate_scheduler_seconds_total` counters over the run's decode steps): the whole "
-                      "iteration; enqueueing the step and its sampling (launch); waiting for the previous step's "
-                      "tokens, the GPU's share (wait); sending responses, a blocking round trip each (emit); prefill "
-                      "chunks; and the rest, the host's own work (host).", "",
-                      *table(["conc", "rows per step", *parts],
-                             [[c, fmt(r["rows_per_step"], 1), *(fmt(r["ms_per_step"][p], 3) for p in parts)]
-                              for c, r in split.items()]), ""]
+                      "iteration; enqueueing the step and its sampling ("
+                      + ("launch" if "launch" in known else "inputs: the rows' input tokens; step: the engine call; "
+                         "sample: sampling and the tokens' copy to the host")
+                      + "); waiting for a launched step's tokens, the GPU's share (wait); sending responses, a "
+                      "blocking round trip each (emit); prefill chunks; and the rest, the host's own work (host).", "",
+                      *table(["conc", "rows per step", *(["responses per step", "ms per response"] if counted else []),
+                              *parts],
+                             [[c, fmt(r["rows_per_step"], 1),
+                               *([fmt(r["responses_per_step"], 1),
+                                  fmt(r["ms_per_step"]["emit"] / r["responses_per_step"], 3)] if counted else []),
+                               *(fmt(r["ms_per_step"][p], 3) for p in parts)] for c, r in split.items()]
+                             + [[f"{g['concurrency']}, in-process", str(g["concurrency"]), *(["-", "-"] if counted else []),
+                                 *(fmt(per.get(p, per["iteration"] - sum(v for k, v in per.items() if k != "iteration"))
+                                       if p == "host" else per.get(p), 3) for p in parts)]
+                                for g in ((eng or {}).get("host_gap"), (eng or {}).get("host_gap_b1"))
+                                if g and (per := g.get("scheduler_ms_per_step")) and set(parts) - {"host"} <= set(per)]),
+                      "", "The in-process rows are the engine phase's host-gap runs (the same Scheduler, a no-op emit, "
+                      "every request admitted at once).", ""]
     if load:
         lines += ["## Load run with cancellations", "",
                   f"Concurrency {load['concurrency']} for {load['wall_s']:.0f} s, every 10th request cancelled "

@@ -347,6 +347,16 @@ def test_the_scheduler_split_is_per_decode_step_and_the_report_shows_it():
     md = report(state)
     assert "| 64 | 64.0 | 7.000 | 1.000 | 2.000 | 2.000 | 1.000 | 1.000 |" in md
     assert "scheduler thread" not in report(met_state())
+    # Since the launch is split in three and the responses are counted:
+    before |= {"launch": 0, "inputs": 0.05, "step": 0.03, "sample": 0.02, "responses": 500}
+    after |= {"launch": 0, "inputs": 0.15, "step": 0.13, "sample": 0.12, "responses": 1_500, "iteration": 1.9}
+    del before["launch"], after["launch"]
+    split = scheduler_split(before, after)
+    assert split["responses_per_step"] == 10.0
+    state["triton"]["client"]["64"]["scheduler"] = split
+    md = report(state)
+    assert "| conc | rows per step | responses per step | ms per response | iteration | inputs | step | sample |" in md
+    assert "| 64 | 64.0 | 10.0 | 0.200 | 9.000 | 1.000 | 1.000 | 1.000 | 2.000 | 2.000 | 1.000 | 1.000 |" in md
 
 
 def test_a_second_fresh_build_gives_the_spread_and_the_targets_take_the_median():
@@ -360,3 +370,16 @@ def test_a_second_fresh_build_gives_the_spread_and_the_targets_take_the_median()
            f"({one:.3f} and {one + 0.2:.3f})" in md
     assert f"| 1 | {one:.3f} | {one + 0.2:.3f} | {one + 0.1:.3f} | {0.2 / one * 100:.1f}% |" in md
     assert "fresh builds" not in report(met_state())
+
+
+def test_the_in_process_scheduler_split_sits_under_the_servers():
+    from bench.generate_bench import scheduler_split
+
+    parts = {"iteration": 0.0, "inputs": 0.0, "step": 0.0, "sample": 0.0, "wait": 0.0, "emit": 0.0, "prefill": 0.0}
+    before = parts | {"decode_steps": 0, "output_tokens": 0, "responses": 0}
+    after = {k: 0.1 for k in parts} | {"iteration": 0.9, "decode_steps": 100, "output_tokens": 6400, "responses": 500}
+    state = met_state()
+    state["triton"]["client"]["64"]["scheduler"] = scheduler_split(before, after)
+    state["engine"]["host_gap"]["scheduler_ms_per_step"] = {k: 0.25 for k in parts} | {"iteration": 2.0}
+    md = report(state)
+    assert "| 64, in-process | 64 | - | - | 2.000 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.500 |" in md

@@ -108,14 +108,15 @@ def test_the_scheduler_time_is_summed_and_sent_by_the_timer_only():
     """Its counters add round trips: not before a final response (flush(gauges=False)), only from the timer."""
     log = []
     m = observer(log)
-    m.scheduler_time({"iteration": 0.004, "launch": 0.001, "wait": 0.002, "emit": 0.0005, "prefill": 0.0})
-    m.scheduler_time({"iteration": 0.003, "launch": 0.001, "wait": 0.001, "emit": 0.0, "prefill": 0.0})
+    m.scheduler_time({"iteration": 0.004, "step": 0.001, "wait": 0.002, "emit": 0.0005, "prefill": 0.0}, 3)
+    m.scheduler_time({"iteration": 0.003, "step": 0.001, "wait": 0.001, "emit": 0.0, "prefill": 0.0}, 0)
     m.flush(gauges=False)
     assert log == []
     m.flush()
     part = "llm_generate_scheduler_seconds_total[('model', 'generate'), ('part', '{}')]".format
     sent = {name: n for name, op, n in log if op == "increment"}
-    assert sent == {part("iteration"): 0.007, part("launch"): 0.002, part("wait"): 0.003, part("emit"): 0.0005}
+    assert sent == {part("iteration"): 0.007, part("step"): 0.002, part("wait"): 0.003, part("emit"): 0.0005,
+                    "llm_generate_responses_total[('model', 'generate')]": 3}
     log.clear()
     m.flush()
     assert log == []  # nothing new: nothing sent

@@ -224,8 +224,8 @@ def test_the_scheduler_reports_where_its_time_goes(hf):
         def __init__(self):
             self.seen = []
 
-        def scheduler_time(self, seconds):
-            self.seen.append(seconds)
+        def scheduler_time(self, seconds, responses):
+            self.seen.append((seconds, responses))
 
     def slow_emit(out):
         time.sleep(0.002)
@@ -236,13 +236,13 @@ def test_the_scheduler_reports_where_its_time_goes(hf):
     run(sched)
     # On the CPU a step's tokens are taken right after it: the prefill and the first decode step (tokens 1 and 2),
     # then one decode step per iteration (3, then 4 with the final response).
-    assert len(obs.seen) == 3
-    for t, responses in zip(obs.seen, (2, 1, 1)):
-        assert set(t) == {"iteration", "launch", "wait", "emit", "prefill"}
+    assert [responses for _, responses in obs.seen] == [2, 1, 1]
+    for t, responses in obs.seen:
+        assert set(t) == {"iteration", "inputs", "step", "sample", "wait", "emit", "prefill"}
         assert t["emit"] >= 0.002 * responses
-        assert t["launch"] > 0
-        assert t["launch"] + t["wait"] + t["emit"] + t["prefill"] <= t["iteration"]
-    assert obs.seen[0]["prefill"] > 0 and all(t["prefill"] == 0 for t in obs.seen[1:])
+        assert t["step"] > 0 and t["sample"] > 0 and t["inputs"] > 0
+        assert sum(v for k, v in t.items() if k != "iteration") <= t["iteration"]
+    assert obs.seen[0][0]["prefill"] > 0 and all(t["prefill"] == 0 for t, _ in obs.seen[1:])
 
 
 def test_streaming_sends_each_token_and_the_final_flag_last(hf):
@@ -577,7 +577,8 @@ def test_bad_step_inputs_name_the_value_and_the_range(hf):
 
 
 def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_last_one(hf):
-    """Step N+1 is launched from step N's tokens on the device; step N's tokens reach the host after."""
+    """Step N+1 is launched from step N's tokens on the device (step 0 from the prefill's); step N's tokens
+    reach the host after."""
     engine = make_engine(hf)
     calls, outs = [], []
     real_decode = engine.decode
@@ -591,11 +592,43 @@ def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_l
     p = prompts(6)[0]
     sched.submit(GenerateRequest(p, max_tokens=6, min_tokens=6, stream=True))
     run(sched)
-    # The prefill's token is taken at once; decode k (k = 0..4) is launched when k tokens of it were taken
-    # before: the first from the host, every later one from the device.
-    assert calls == [(False, 1), (True, 1), (True, 2), (True, 3), (True, 4)]
+    # Decode k (k = 0..4) is launched when k tokens were taken before, each from the device: the first from the
+    # prefill's sampled token, which the host takes only after that launch.
+    assert calls == [(True, 0), (True, 1), (True, 2), (True, 3), (True, 4)]
     assert sum(len(o.ids) for o in outs) == 6 and outs[-1].finish_reason == "length"
     assert engine.pool.used == 0
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_first_token_taken_a_step_late_still_ends_counts_and_frees_as_before(hf, reference, overlap):
+    """The first token comes back with the decode steps' tokens: one token asked, an end token first, a cancel
+    before it is taken; each ends right, with its TTFT counted once, and every slot comes back."""
+    p = prompts(6)[0]
+    first = reference(p, 1)[0]
+
+    class Firsts(Observer):
+        def __init__(self):
+            self.ttft = []
+
+        def first_token(self, ttft_ms, prompt_tokens):
+            self.ttft.append((ttft_ms, prompt_tokens))
+
+    obs, outs = Firsts(), []
+    sched = Scheduler(make_engine(hf), _NullTok(), outs.append, observer=obs, overlap=overlap)
+    one = GenerateRequest(p, max_tokens=1)
+    stop = GenerateRequest(p, max_tokens=8, end_id=first)
+    cancelled = GenerateRequest(p, max_tokens=8, stream=True)
+    for r in (one, stop, cancelled):
+        sched.submit(r)
+    sched.run_once()  # admits all three, prefills `one`
+    cancelled.is_cancelled = lambda: True
+    run(sched)
+    final = {id(o.request): o for o in outs if o.final}
+    assert final[id(one)].finish_reason == "length" and final[id(one)].ids == [first]
+    assert final[id(stop)].finish_reason == "stop" and final[id(stop)].ids == []
+    assert final[id(cancelled)].finish_reason == "cancelled"
+    assert [n for _, n in obs.ttft] == [6, 6] and all(t > 0 for t, _ in obs.ttft)  # the cancelled one had none
+    assert sched.engine.pool.used == 0 and not sched._flights
 
 
 @pytest.mark.parametrize("overlap", [True, False])

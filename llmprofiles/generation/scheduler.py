@@ -6,17 +6,24 @@ iteration of :meth:`Scheduler.run_once`:
 1. drops cancelled requests, freeing their slots at once;
 2. admits waiting requests into free slots;
 3. prefills one chunk of one admitted prompt (the largest prefill bucket at
-   most), so long prompts never stall the running batch for long;
+   most), so long prompts never stall the running batch for long; after a
+   prompt's last chunk its first token is sampled on the device, and the
+   sequence joins the running batch at once;
 4. launches one decode step for every running sequence (in groups of the
    largest decode bucket) and samples on the device, then takes the tokens of
-   the step launched one iteration earlier and detokenizes and emits them.
+   the steps launched one iteration earlier (and of this iteration's prefill)
+   and detokenizes and emits them.
 
 On a GPU, decode is overlapped: a step's input tokens are the previous step's
 sampled tokens, still on the device, so the host work of step N (reading its
 tokens back, detokenizing, sending) runs while step N+1 computes. A sequence
 that ended at step N (its end token is only seen then) was launched into step
 N+1 too; that token is dropped, and its slot freed. Steps are ordered on the
-device, so whoever takes the slot next writes it after.
+device, so whoever takes the slot next writes it after. A first token is taken
+the same way: the host never waits for a prefill, and the decode step launched
+after it reads the token on the device (measured before this change, through
+Triton at 64 streams on the H200: the prefills' waits were 1.4 of 7.1 ms per
+decode step; bench/NOTES.md, session 11).
 
 With a send budget (``send_budget_s``), a step sends streamed tokens for at most
 that long, the streams served least recently first; the others keep their tokens
@@ -47,7 +54,7 @@ from typing import Any
 import torch
 
 from llmprofiles.generation.detokenizer import IncrementalDetokenizer, add_each
-from llmprofiles.generation.sampler import SamplingParams, device_ints, generator_for, sample, sample_tensor
+from llmprofiles.generation.sampler import SamplingParams, device_ints, generator_for, sample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +128,17 @@ class Flight:
     tokens: torch.Tensor
     host: torch.Tensor | None = None  # pinned copy of ``tokens`` (GPU); None on CPU
     ready: Any = None  # CUDA event after the copy
+    first: bool = False  # the first token of its rows (sampled after their prompt's last chunk)
 
     @classmethod
-    def launch(cls, group: list[Sequence], tokens: torch.Tensor) -> Flight:
+    def launch(cls, group: list[Sequence], tokens: torch.Tensor, first: bool = False) -> Flight:
         if tokens.device.type != "cuda":
-            return cls(group, tokens)
+            return cls(group, tokens, first=first)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(group, tokens, host, ready)
+        return cls(group, tokens, host, ready, first)
 
     def values(self) -> list[int]:
         if self.ready is None:
@@ -146,13 +154,16 @@ class Observer:
     def first_token(self, ttft_ms: float, prompt_tokens: int) -> None: ...
     def tokens(self, itl_ms: list[float]) -> None: ...
     def gauges(self, active: int, queued: int) -> None: ...
-    def scheduler_time(self, seconds: dict[str, float]) -> None: ...
+    def scheduler_time(self, seconds: dict[str, float], responses: int) -> None: ...
 
 
 # Where the scheduler thread's time goes (Observer.scheduler_time, seconds per iteration that did work):
 # "iteration" is the whole of run_once; the rest are parts of it, and what they leave is the host's own work
-# (admitting, sampling's bookkeeping, detokenizing, end checks, scheduling).
-TIME_PARTS = ("iteration", "launch", "wait", "emit", "prefill")
+# (admitting, detokenizing, end checks, scheduling). A decode launch is three parts: its input tokens
+# (inputs), the engine call that enqueues the step (step), and sampling enqueued with the copy of its
+# tokens to the host (sample). "wait" is for a launched step's tokens; "prefill" enqueues prompt chunks
+# and their first token's sampling; "emit" sends responses.
+TIME_PARTS = ("iteration", "inputs", "step", "sample", "wait", "emit", "prefill")
 
 
 class Scheduler:
@@ -163,6 +174,7 @@ class Scheduler:
                  send_budget_s: float = 0.0):
         self.engine, self.tokenizer, self._emit = engine, tokenizer, emit
         self._spent = dict.fromkeys(TIME_PARTS, 0.0)  # this iteration's seconds, by part (TIME_PARTS)
+        self._responses = 0  # emitted in this iteration
         # The most a step spends emitting streamed tokens (0: no limit). Each emit through Triton is a blocking
         # round trip (~0.2 ms on the H200 host), so 64 streams cost ~13 ms of sends per 2.6 ms step. Past the
         # budget, the streams served least recently keep their tokens for a later response: under load each
@@ -291,6 +303,7 @@ class Scheduler:
         t0 = time.perf_counter()
         self._emit(out)
         self._spent["emit"] += time.perf_counter() - t0
+        self._responses += 1
 
     def run_once(self) -> bool:
         """One iteration; True when it did any work."""
@@ -299,7 +312,8 @@ class Scheduler:
         if did:
             spent, self._spent = self._spent, dict.fromkeys(TIME_PARTS, 0.0)
             spent["iteration"] = time.perf_counter() - t0
-            self.observer.scheduler_time(spent)
+            self.observer.scheduler_time(spent, self._responses)
+            self._responses = 0
         return did
 
     def _iterate(self) -> bool:
@@ -365,23 +379,29 @@ class Scheduler:
         if seq.prefilled < len(prompt):
             return
         self._prefilling.popleft()
-        now = time.perf_counter()
-        self.observer.first_token((now - seq.submitted) * 1e3, len(prompt))
-        seq.last_token_at = now
         self._running.append(seq)
-        self._accept([seq], logits, first=True)
+        # The first token is sampled on the device and taken with the decode steps' tokens, one iteration
+        # later on a GPU: the host does not wait for the prefill, and this iteration's decode step, launched
+        # next, takes the token from the device as its input.
+        banned = [self._end_id(seq) if seq.request.min_tokens > 0 else None]
+        sampled = sample_tensor(logits, [seq.request.sampling], [seq.generator], banned)
+        seq.in_flight += 1
+        self._flights.append(Flight.launch([seq], sampled, first=True))
 
     def _decode(self) -> None:
         """Launch the next step of every sequence that may go on, then take the tokens of the previous one."""
         batch = self.engine.spec.max_batch
-        t0 = time.perf_counter()
+        spent, clock = self._spent, time.perf_counter
         going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
         launched = []
         for start in range(0, len(going), batch):
             group = going[start:start + batch]
+            t0 = clock()
             tokens = self._inputs_of(group)
+            t1 = clock()
             logits, index = self.engine.decode([s.slot for s in group], tokens,
                                                [s.length - 1 + s.in_flight for s in group])
+            t2 = clock()
             self.observer.step(index, len(group))
             banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
                       for s in group]
@@ -389,7 +409,9 @@ class Scheduler:
             for s in group:
                 s.in_flight += 1
             launched.append(Flight.launch(group, sampled))
-        self._spent["launch"] += time.perf_counter() - t0
+            spent["inputs"] += t1 - t0
+            spent["step"] += t2 - t1
+            spent["sample"] += clock() - t2
         previous, self._flights = (self._flights, launched) if self.overlap else (self._flights + launched, [])
         for flight in previous:
             t0 = time.perf_counter()
@@ -400,7 +422,7 @@ class Scheduler:
             running = {id(s) for s in self._running}
             live = [(s, t) for s, t in zip(flight.group, values) if id(s) in running]  # ended ones: dropped
             if live:
-                self._take([s for s, _ in live], [t for _, t in live], first=False)
+                self._take([s for s, _ in live], [t for _, t in live], first=flight.first)
         self._send_due()
 
     def _inputs_of(self, group: list[Sequence]) -> list[int] | torch.Tensor:
@@ -423,15 +445,13 @@ class Scheduler:
                 tokens[device_ints(list(dst), device)] = flight.tokens[device_ints(list(src), device)]
         return tokens
 
-    def _accept(self, group: list[Sequence], logits: torch.Tensor, first: bool) -> None:
-        banned = [self._end_id(s) if len(s.generated) < s.request.min_tokens else None for s in group]
-        tokens = sample(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
-        self._take(group, tokens, first)
-
     def _take(self, group: list[Sequence], tokens: list[int], first: bool) -> None:
         """The host's part of a step: end checks, detokenizing, responses, metrics."""
         now = time.perf_counter()
-        if not first:
+        if first:
+            for s in group:
+                self.observer.first_token((now - s.submitted) * 1e3, len(s.request.prompt_ids))
+        else:
             self.observer.tokens([(now - s.last_token_at) * 1e3 for s in group])
         stops = [token == self._end_id(seq) and len(seq.generated) + 1 > seq.request.min_tokens
                  for seq, token in zip(group, tokens)]

@@ -247,8 +247,10 @@ class MetricsObserver(Observer):
             "itl": F("llm_generate_inter_token_latency_ms", "Time between two tokens of a sequence (ms), one sample per decode step", F.HISTOGRAM),
             "steps": F("llm_generate_steps_total", "Engine steps, by optimization profile", F.COUNTER),
             "time": F("llm_generate_scheduler_seconds_total",
-                      "The scheduler thread's time, by part: iteration (all of it), launch (engine steps and "
-                      "sampling enqueued), wait (for a step's tokens), emit (sending responses), prefill", F.COUNTER),
+                      "The scheduler thread's time, by part: iteration (all of it); a decode launch's inputs, step "
+                      "(the engine call) and sample; wait (for a step's tokens); emit (sending responses); prefill",
+                      F.COUNTER),
+            "responses": F("llm_generate_responses_total", "Responses sent by the scheduler thread", F.COUNTER),
         }
         self.families = fam  # families must outlive their metrics
         labels = {"model": model}
@@ -258,7 +260,9 @@ class MetricsObserver(Observer):
         self.itl = fam["itl"].Metric(labels=labels, buckets=list(ITL_BUCKETS_MS))
         self.steps = [fam["steps"].Metric(labels={"model": model, "profile": n}) for n in profile_names]
         self.time = {part: fam["time"].Metric(labels={"model": model, "part": part}) for part in TIME_PARTS}
+        self.responses = fam["responses"].Metric(labels=labels)
         self._time = dict.fromkeys(TIME_PARTS, 0.0)  # sent by the timer only: no round trip on a final response
+        self._responses = 0
         self._lock, self._flushing = threading.Lock(), threading.Lock()
         self._counts: dict[int, list] = {}  # id(metric) -> [metric, sum]
         self._gauges: dict[int, tuple] = {}  # id(metric) -> (metric, last value)
@@ -287,10 +291,11 @@ class MetricsObserver(Observer):
             self._samples.append((self.itl, sorted(itl_ms)[len(itl_ms) // 2]))
             self._count(self.output, len(itl_ms))
 
-    def scheduler_time(self, seconds: dict[str, float]) -> None:
+    def scheduler_time(self, seconds: dict[str, float], responses: int) -> None:
         with self._lock:
             for part, t in seconds.items():
                 self._time[part] += t
+            self._responses += responses
 
     def gauges(self, active: int, queued: int) -> None:
         with self._lock:
@@ -306,13 +311,16 @@ class MetricsObserver(Observer):
             with self._lock:
                 counts, samples = self._counts, self._samples
                 self._counts, self._samples = {}, []
-                times = {}
+                times, responses = {}, 0
                 if gauges:
                     times, self._time = self._time, dict.fromkeys(TIME_PARTS, 0.0)
+                    responses, self._responses = self._responses, 0
                 gauges, self._gauges = (self._gauges, {}) if gauges else ({}, self._gauges)
             for part, t in times.items():
                 if t:
                     self.time[part].increment(t)
+            if responses:
+                self.responses.increment(responses)
             for metric, n in counts.values():
                 metric.increment(n)
             for metric, value in samples:
