@@ -1253,6 +1253,8 @@ def report(state: dict) -> str:
             parts = [p for p in ("iteration", "launch", "inputs", "step", "sample", "wait", "emit", "prefill", "host")
                      if p in known]
             counted = all("responses_per_step" in r for r in split.values())
+            in_process = [g for g in ((eng or {}).get("host_gap"), (eng or {}).get("host_gap_b1"))
+                          if g and (per := g.get("scheduler_ms_per_step")) and set(parts) - {"host"} <= set(per)]
             lines += ["The server's scheduler thread during each `client/generate.py` run, ms per decode step (its "
                       "`llm_generate_scheduler_seconds_total` counters over the run's decode steps): the whole "
                       "iteration; enqueueing the step and its sampling ("
@@ -1267,12 +1269,12 @@ def report(state: dict) -> str:
                                   fmt(r["ms_per_step"]["emit"] / r["responses_per_step"], 3)] if counted else []),
                                *(fmt(r["ms_per_step"][p], 3) for p in parts)] for c, r in split.items()]
                              + [[f"{g['concurrency']}, in-process", str(g["concurrency"]), *(["-", "-"] if counted else []),
-                                 *(fmt(per.get(p, per["iteration"] - sum(v for k, v in per.items() if k != "iteration"))
-                                       if p == "host" else per.get(p), 3) for p in parts)]
-                                for g in ((eng or {}).get("host_gap"), (eng or {}).get("host_gap_b1"))
-                                if g and (per := g.get("scheduler_ms_per_step")) and set(parts) - {"host"} <= set(per)]),
-                      "", "The in-process rows are the engine phase's host-gap runs (the same Scheduler, a no-op emit, "
-                      "every request admitted at once).", ""]
+                                 *(fmt(per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
+                                       if p == "host" else per[p], 3) for p in parts)]
+                                for g in in_process for per in (g["scheduler_ms_per_step"],)]), ""]
+            if in_process:
+                lines += ["The in-process rows are the engine phase's host-gap runs (the same Scheduler, a no-op emit, "
+                          "every request admitted at once).", ""]
     if load:
         lines += ["## Load run with cancellations", "",
                   f"Concurrency {load['concurrency']} for {load['wall_s']:.0f} s, every 10th request cancelled "

@@ -383,3 +383,6 @@ def test_the_in_process_scheduler_split_sits_under_the_servers():
     state["engine"]["host_gap"]["scheduler_ms_per_step"] = {k: 0.25 for k in parts} | {"iteration": 2.0}
     md = report(state)
     assert "| 64, in-process | 64 | - | - | 2.000 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.500 |" in md
+    assert "The in-process rows" in md
+    del state["engine"]["host_gap"]["scheduler_ms_per_step"]
+    assert "The in-process rows" not in report(state)
