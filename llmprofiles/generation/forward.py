@@ -24,7 +24,9 @@ from llmprofiles.generation import attention
 
 SUPPORTED = ("gemma3_text",)
 # The whole batch-1 decode step's compile (KVForward.decode_step): inductor options over its defaults, and its
-# projections as multiply-and-reduce (see linear).
+# projections as multiply-and-reduce (see linear). Graph replay on the H200 at 192 positions
+# (bench/probes/decode_step.py, results/2026-11-30-session11-probes/): 1.29 ms with both, 1.46 with coordinate
+# descent alone, 1.73 with multiply-and-reduce alone.
 WHOLE_B1_OPTIONS: dict = {"coordinate_descent_tuning": True}
 WHOLE_B1_GEMV = True
 
@@ -148,9 +150,10 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
     B, H, S, D = q.shape
     T, kvh = mask.shape[-1], k_pool.shape[2]
     g = H // kvh
-    # Batched matmuls over the gathered slots. In `make bench-generate` on the H200 (gemma-3-1b, 192
-    # positions) a decode step took 1.99 / 2.89 ms at batch 1 / 64 this way, and 2.12 / 6.85 ms with
-    # single-query attention written as two fused reductions (inductor split those at batch 64).
+    # Batched matmuls over the gathered slots: prefill, and decode where the kernel cannot run. In
+    # `make bench-generate` on the H200 (gemma-3-1b, 192 positions; before the kernel) a decode step took
+    # 1.99 / 2.89 ms at batch 1 / 64 this way, and 2.12 / 6.85 ms with single-query attention written as two
+    # fused reductions (inductor split those at batch 64).
     keys = k_pool[slots, :T].permute(0, 2, 3, 1)  # [B, kvh, D, T]
     values = v_pool[slots, :T].transpose(1, 2)  # [B, kvh, T, D]
     scores = (q.reshape(B, kvh, g * S, D) @ keys).float().view(B, kvh, g, S, T) * scale
@@ -182,9 +185,10 @@ class KVForward(torch.nn.Module):
     (``seq == 1``) attends with :func:`llmprofiles.generation.attention.decode_attention` instead, which
     also writes the pool. Such a step is compiled whole (:meth:`decode_step`; ``whole_decode``, default:
     with ``compile``): once for batch 1, with its projections as multiply-and-reduce, and once for every
-    batch of 2 or more. On the H200 (gemma-3-1b, fp16, ``bench/probes/decode_step.py``) a decode step's
-    graph replayed in 1.29 ms at batch 1 and 1.94 ms at batch 64 compiled whole, against 1.55 and 2.28 ms
-    layer by layer with the kernel and 1.82 and 2.68 ms with the batched matmuls (192 positions).
+    batch of 2 or more. On the H200 (gemma-3-1b, fp16, 192 positions; ``make bench-generate``'s engine
+    phase, 2026-11-30, session 11) a decode step's graph replayed in 1.21 ms at batch 1 and 1.69 ms at
+    batch 64 compiled whole, against 1.52 and 1.93 ms layer by layer with the kernel and 1.82 and 2.69 ms
+    with the batched matmuls.
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
