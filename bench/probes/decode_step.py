@@ -11,25 +11,23 @@ timed at a short and a long context (the engine call, synchronised, and the grap
 
 Run on the GPU machine::
 
-    python3 bench/probes/decode_step.py --out $OUT/decode_step.json
+    python3 -m bench.probes.decode_step --out $OUT/decode_step.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.generate_bench import sync_fn, time_decode  # noqa: E402
-from llmprofiles import models  # noqa: E402
-from llmprofiles.generation import forward  # noqa: E402
-from llmprofiles.generation.engine import GenerationEngine  # noqa: E402
-from llmprofiles.profiles.sets import generate_spec  # noqa: E402
+from bench.generate_bench import sync_fn, time_decode
+from llmprofiles import models
+from llmprofiles.generation import forward
+from llmprofiles.generation.engine import GenerationEngine
+from llmprofiles.profiles.sets import generate_spec
 
 # name: (inductor options over the defaults, projections as multiply-and-reduce)
 B1_VARIANTS = {

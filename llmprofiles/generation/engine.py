@@ -79,9 +79,10 @@ class GenerationEngine:
     """Steps of a causal LM over a KV slot pool; ``profiles[i]`` is step profile ``i``.
 
     On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
-    (a step reads only as many pool positions as its longest sequence needs, rounded up; the decode
-    attention kernel cuts longer contexts into more parts), all in one memory pool. ``compile``
-    compiles the dense layer parts first (default: on CUDA).
+    (a prefill reads only as many pool positions as its longest sequence needs, rounded up), all in
+    one memory pool. A decode step compiled whole reads each row's own context whatever the length,
+    so its graphs for the lengths are alike. ``compile`` compiles the steps first (default: on CUDA;
+    see :class:`llmprofiles.generation.forward.KVForward`).
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,

@@ -214,6 +214,7 @@ class KVForward(torch.nn.Module):
         self.decode_kernel = (can and device.type == "cuda") if decode_kernel is None else decode_kernel
         # A kernel decode step compiled whole (see decode_step); else layer by layer.
         self.whole_decode = compile if whole_decode is None else whole_decode
+        self.compiled = compile
         self.decode_b1, self.decode_batch = self._decode_b1, self._decode_batch
         if compile:
             self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=WHOLE_B1_OPTIONS)
@@ -277,7 +278,7 @@ class KVForward(torch.nn.Module):
         if kernel and self.whole_decode:
             if B == 1:
                 return self.decode_b1(tokens, positions, slots, write_slots, write_pos)
-            if self.decode_batch is not self._decode_batch:  # one compile for every batch of 2 or more
+            if self.compiled:  # one compile for every batch of 2 or more
                 for t in (tokens, positions, slots, write_slots, write_pos):
                     torch._dynamo.mark_dynamic(t, 0, min=2, max=self.k_pool.shape[1])
             return self.decode_batch(tokens, positions, slots, write_slots, write_pos)
