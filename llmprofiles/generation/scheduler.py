@@ -21,9 +21,9 @@ that ended at step N (its end token is only seen then) was launched into step
 N+1 too; that token is dropped, and its slot freed. Steps are ordered on the
 device, so whoever takes the slot next writes it after. A first token is taken
 the same way: the host never waits for a prefill, and the decode step launched
-after it reads the token on the device (measured before this change, through
-Triton at 64 streams on the H200: the prefills' waits were 1.4 of 7.1 ms per
-decode step; bench/NOTES.md, session 11).
+after it reads the token on the device (before, through Triton at 64 streams on
+the H200, the prefills' waits were 1.40 of 7.08 ms per decode step, and 0.46 ms
+after; bench/NOTES.md, session 11).
 
 With a send budget (``send_budget_s``), a step sends streamed tokens for at most
 that long, the streams served least recently first; the others keep their tokens
@@ -380,11 +380,13 @@ class Scheduler:
             return
         self._prefilling.popleft()
         self._running.append(seq)
-        # The first token is sampled on the device and taken with the decode steps' tokens, one iteration
-        # later on a GPU: the host does not wait for the prefill, and this iteration's decode step, launched
-        # next, takes the token from the device as its input.
         banned = [self._end_id(seq) if seq.request.min_tokens > 0 else None]
         sampled = sample_tensor(logits, [seq.request.sampling], [seq.generator], banned)
+        if not self.overlap:  # the prefill has run already: its token goes out now, not after a decode step
+            self._take([seq], sampled.tolist(), first=True)
+            return
+        # On a GPU the first token is taken with the decode steps' tokens: the host does not wait for the
+        # prefill, and this iteration's decode step, launched next, takes the token from the device as its input.
         seq.in_flight += 1
         self._flights.append(Flight.launch([seq], sampled, first=True))
 
