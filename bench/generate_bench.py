@@ -657,14 +657,18 @@ def scheduler_counters(server) -> dict:
     return out
 
 
+def with_host(per: dict[str, float]) -> dict[str, float]:
+    """The scheduler's parts per step, plus "host": what the parts leave of the whole iteration."""
+    return per | {"host": per["iteration"] - sum(v for k, v in per.items() if k not in ("iteration", "host"))}
+
+
 def scheduler_split(before: dict, after: dict) -> dict | None:
     """Between two scheduler_counters: the scheduler thread's ms per decode step, by part, and "host" (the rest)."""
     d = {k: after[k] - before[k] for k in after}
     steps = d.pop("decode_steps")
     if steps <= 0:
         return None
-    per = {k: v * 1e3 / steps for k, v in d.items() if k not in ("output_tokens", "responses")}
-    per["host"] = per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
+    per = with_host({k: v * 1e3 / steps for k, v in d.items() if k not in ("output_tokens", "responses")})
     out = {"decode_steps": steps, "rows_per_step": d["output_tokens"] / steps, "ms_per_step": per}
     if d.get("responses"):
         out["responses_per_step"] = d["responses"] / steps
@@ -1269,9 +1273,8 @@ def report(state: dict) -> str:
                                   fmt(r["ms_per_step"]["emit"] / r["responses_per_step"], 3)] if counted else []),
                                *(fmt(r["ms_per_step"][p], 3) for p in parts)] for c, r in split.items()]
                              + [[f"{g['concurrency']}, in-process", str(g["concurrency"]), *(["-", "-"] if counted else []),
-                                 *(fmt(per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
-                                       if p == "host" else per[p], 3) for p in parts)]
-                                for g in in_process for per in (g["scheduler_ms_per_step"],)]), ""]
+                                 *(fmt(per[p], 3) for p in parts)]
+                                for g in in_process for per in (with_host(g["scheduler_ms_per_step"]),)]), ""]
             if in_process:
                 lines += ["The in-process rows are the engine phase's host-gap runs (the same Scheduler, a no-op emit, "
                           "every request admitted at once).", ""]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.generate_bench import with_host
 from llmprofiles.generation.kvcache import SlotPool
 from llmprofiles.generation.scheduler import TIME_PARTS, GenerateRequest, Observer, Scheduler
 from llmprofiles.generation.tokenizer import Tokenizer
@@ -91,9 +92,7 @@ def main() -> None:
     rounds = []
     for _ in range(a.rounds):
         parts = run(engine, tokenizer, a.streams, a.prompt_len, a.tokens)
-        per = {k: v * 1e3 / parts.steps for k, v in parts.spent.items()}
-        per["host"] = per["iteration"] - sum(v for k, v in per.items() if k != "iteration")
-        rounds.append(per)
+        rounds.append(with_host({k: v * 1e3 / parts.steps for k, v in parts.spent.items()}))
     median = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
     print("ms per decode step (median of rounds): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
     if a.profile:

@@ -225,6 +225,19 @@ class KVForward(torch.nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
+    def rotaries(self, positions: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (cos, sin) ``[B, S, 1, D]``, computed once per distinct rope setting (local, global)."""
+        by_setting: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, setting in enumerate(zip(self.shape.rope_theta, self.shape.rope_factor)):
+            if setting not in by_setting:
+                by_setting[setting] = tuple(t[:, :, None, :] for t in self.rotary(i, positions, dtype))
+        return [by_setting[setting] for setting in zip(self.shape.rope_theta, self.shape.rope_factor)]
+
+    def after_attention(self, layer: int) -> tuple[torch.Tensor, ...]:
+        """Layer ``layer``'s weights after attention, in out_mlp's (and attend_out_mlp's) order."""
+        return tuple(self.w[f"{layer}.{name}"] for name in ("o", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                                           "gate_up", "down", "post_feedforward_layernorm"))
+
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                     write_slots: torch.Tensor, write_pos: torch.Tensor, gemv: bool = False) -> torch.Tensor:
         """A decode step (``[B, 1]`` inputs, as :meth:`forward`'s) written to be compiled whole.
@@ -236,18 +249,13 @@ class KVForward(torch.nn.Module):
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
-        rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
         pos, write_slot, write_at = positions[:, 0], write_slots[:, 0], write_pos[:, 0]
-        for i in range(s.num_layers):
-            key = (s.rope_theta[i], s.rope_factor[i])
-            if key not in rope_cache:
-                rope_cache[key] = tuple(t[:, :, None, :] for t in self.rotary(i, positions, x.dtype))
+        for i, (cos, sin) in enumerate(self.rotaries(positions, x.dtype)):
             q, k, v = qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
-                               *rope_cache[key], eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv)
+                               cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv)
             attn = attention.decode_attention_op(q, k, v, self.k_pool, self.v_pool, i, slots, pos, write_slot,
                                                  write_at, self.scale, s.sliding_window if s.layer_sliding[i] else 0)
-            x = out_mlp(attn, x, w[f"{i}.o"], w[f"{i}.post_attention_layernorm"], w[f"{i}.pre_feedforward_layernorm"],
-                        w[f"{i}.gate_up"], w[f"{i}.down"], w[f"{i}.post_feedforward_layernorm"], eps, gemv)
+            x = out_mlp(attn, x, *self.after_attention(i), eps, gemv)
         return self.logits(x[:, 0])
 
     def _decode_b1(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batch 1 alone: decode_b1
@@ -288,29 +296,20 @@ class KVForward(torch.nn.Module):
             window = kv_pos[None, None, :] > positions[:, :, None] - s.sliding_window
             masks = {False: causal[:, None], True: (causal & window)[:, None]}
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
-        rope_cache: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
-        for i in range(s.num_layers):
-            key = (s.rope_theta[i], s.rope_factor[i])
-            if key not in rope_cache:
-                rope_cache[key] = tuple(t[:, :, None, :] for t in self.rotary(i, positions, x.dtype))
-            cos, sin = rope_cache[key]
+        for i, (cos, sin) in enumerate(self.rotaries(positions, x.dtype)):
             q, k, v = self.qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
                                     cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim)
             if kernel:
                 attn = attention.decode_attention(q, k, v, self.k_pool[i], self.v_pool[i], slots, positions[:, 0],
                                                   write_slots[:, 0], write_pos[:, 0], self.scale,
                                                   s.sliding_window if s.layer_sliding[i] else None, kv_len)
-                x = self.out_mlp(attn, x, w[f"{i}.o"], w[f"{i}.post_attention_layernorm"],
-                                 w[f"{i}.pre_feedforward_layernorm"], w[f"{i}.gate_up"], w[f"{i}.down"],
-                                 w[f"{i}.post_feedforward_layernorm"], eps)
+                x = self.out_mlp(attn, x, *self.after_attention(i), eps)
                 continue
             # Write this step's keys and values into each row's slot; attention then reads the slot back.
             self.k_pool[i][write_slots, write_pos] = k
             self.v_pool[i][write_slots, write_pos] = v
             x = self.attend_out_mlp(q, self.k_pool[i], self.v_pool[i], slots, masks[s.layer_sliding[i]], x,
-                                    w[f"{i}.o"], w[f"{i}.post_attention_layernorm"], w[f"{i}.pre_feedforward_layernorm"],
-                                    w[f"{i}.gate_up"], w[f"{i}.down"], w[f"{i}.post_feedforward_layernorm"],
-                                    self.scale, eps)
+                                    *self.after_attention(i), self.scale, eps)
         return self.logits(x[torch.arange(B, device=x.device), last])  # only the tokens whose logits are used
 
 

@@ -230,7 +230,8 @@ class MetricsObserver(Observer):
     :meth:`flush` sends what was recorded. The model flushes counters and
     histograms before each final response (so a client that reads the metrics
     after its last response sees its request counted), and a timer thread sends
-    everything every ``flush_s``. Gauges go from the timer only: a gauge's
+    everything every ``flush_s``. Gauges, and the scheduler's time and response counters, go from the
+    timer only (no round trip before a final response). A gauge's
     ``set`` keeps the GIL for its whole round trip (python_backend ``metric.cc``:
     ``SendSetValueRequest`` has no ``gil_scoped_release``, unlike increment and
     observe), stopping the scheduler thread's Python meanwhile.
