@@ -373,6 +373,19 @@ def test_each_banned_token_is_removed_from_its_own_row_only():
     assert sample(half, rows, [None] * 6, [0, None, 2, 0, 1, 2]) == [3, 0, 1, 1, 2, 0]
 
 
+def test_a_ban_writes_only_the_banned_entries():
+    """Every row banning one token is one column fill; else an indexed write of exactly the banned pairs."""
+    from llmprofiles.generation.sampler import ban
+
+    base = torch.arange(12.0).view(3, 4)
+    for banned, cells in (([2, 2, 2], {(0, 2), (1, 2), (2, 2)}), ([None, 0, 3], {(1, 0), (2, 3)}),
+                          ([1, 1, None], {(0, 1), (1, 1)}), ([None] * 3, set())):
+        logits = base.clone()
+        ban(logits, banned)
+        assert {(i, j) for i in range(3) for j in range(4) if logits[i, j] == float("-inf")} == cells
+        assert all(logits[i, j] == base[i, j] for i in range(3) for j in range(4) if (i, j) not in cells)
+
+
 def test_a_sampled_row_never_draws_its_banned_token():
     hot = SamplingParams(temperature=1.0, seed=3)
     logits = torch.tensor([[0.0, 0.0, 0.0], [30.0, 0.0, 0.0]])

@@ -76,14 +76,16 @@ def test_no_compile_and_no_capture_at_request_time(graphed):
     assert len(graphed.graphs) == graphs and dict(counters["stats"]) == frames
 
 
-def test_decode_steps_never_wait_for_the_device_while_the_end_token_is_banned(graphed):
+@pytest.mark.parametrize("end_ids", ["one", "two"])
+def test_decode_steps_never_wait_for_the_device_while_the_end_token_is_banned(graphed, end_ids):
     """min_tokens bans the end token in every step until it is reached (benchmarks send min_tokens = max_tokens).
     Its index went to the GPU from pageable memory, which synchronizes the stream: the host waited for the step it
     had just launched, so decode lost its overlap (H200, 2026-11-30: ITL 2.9 ms at concurrency 1, 1.8 ms steps)."""
     outs = []
     sched = Scheduler(graphed, _Tok(), outs.append)
-    for p in PROMPTS:
-        sched.submit(GenerateRequest(p, max_tokens=12, min_tokens=12, stream=True))
+    for i, p in enumerate(PROMPTS):  # one end id: a column fill bans it; two: an indexed write (sampler.ban)
+        end_id = 7 if end_ids == "two" and i % 2 else None
+        sched.submit(GenerateRequest(p, max_tokens=12, min_tokens=12, stream=True, end_id=end_id))
     while sched.queued or sched._prefilling:  # a prefill reads its first token on the host: a wait by design
         sched.run_once()
     steps = 0

@@ -7,7 +7,11 @@ timed at a short and a long context (the engine call, synchronised, and the grap
 - ``matmuls``: layer by layer, attention as batched matmuls over the gathered slots (two compiles per layer);
 - ``kernel``: layer by layer, attention with the decode kernel;
 - ``whole``: the step compiled whole around the kernel (``KVForward.decode_step``), batch 1 with each of
-  the batch-1 variants below, batches of 2 or more in one compile over the batch.
+  the batch-1 variants below, batches of 2 or more in one compile over the batch with each batch variant.
+
+Every row also gives the largest difference of its logits from the first form's at the same batch and
+context (``max_abs_diff``): a variant that is fast and wrong (programmatic dependent launch reading what
+the kernel before it has not written yet) shows there.
 
 Run on the GPU machine::
 
@@ -34,7 +38,10 @@ B1_VARIANTS = {
     "cdt+gemv": ({"coordinate_descent_tuning": True}, True),
     "gemv": ({}, True),
     "cdt": ({"coordinate_descent_tuning": True}, False),
+    "cdt+gemv+pdl": ({"coordinate_descent_tuning": True, "triton.enable_pdl": True}, True),
 }
+# name: inductor options of the compile for batches of 2 or more
+BATCH_VARIANTS = {"default": {}, "pdl": {"triton.enable_pdl": True}}
 
 
 def main() -> None:
@@ -44,6 +51,8 @@ def main() -> None:
     p.add_argument("--contexts", default="192,1900")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--b1-variants", default=",".join(B1_VARIANTS))
+    p.add_argument("--batch-variants", default=",".join(BATCH_VARIANTS))
+    p.add_argument("--forms", default="matmuls,kernel,whole", help="which of the forms above to time")
     p.add_argument("--model", default="gemma-3-1b", help="a preset (tiny, with --device cpu, to try the probe)")
     p.add_argument("--device", default="cuda")
     a = p.parse_args()
@@ -59,27 +68,33 @@ def main() -> None:
     sync = sync_fn(device)
     batches = [int(b) for b in a.batches.split(",")]
     contexts = [int(c) for c in a.contexts.split(",")]
-    rows = []
+    forms = a.forms.split(",")
+    rows, reference = [], {}
 
     def run(form: str, only: list[int] | None = None) -> None:
         engine.graphs = {}
         for b in only or batches:
             for c in contexts:
                 t0 = time.perf_counter()
-                engine.decode(list(range(b)), [5] * b, [c] * b)  # compiles (first time) and captures
+                logits = engine.decode(list(range(b)), [5] * b, [c] * b)[0].float()  # compiles (first time), captures
                 sync()
                 first_s = time.perf_counter() - t0
+                diff = (logits - reference.setdefault((b, c), logits)).abs().max().item()
                 r = time_decode(engine, b, c, a.iters, 20, sync)
-                row = {"form": form, "batch": b, "context": c, "first_call_s": first_s,
+                row = {"form": form, "batch": b, "context": c, "first_call_s": first_s, "max_abs_diff": diff,
                        "call_p50_ms": r["call_ms"]["p50_ms"], "replay_p50_ms": (r["replay_ms"] or {}).get("p50_ms")}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
 
     f = engine.forward
     f.decode_kernel, f.whole_decode = False, False
-    run("matmuls")
+    if "matmuls" in forms:
+        run("matmuls")
     f.decode_kernel = True
-    run("kernel")
+    if "kernel" in forms:
+        run("kernel")
+    if "whole" not in forms:
+        return save(a, spec, rows)
     f.whole_decode = True
     for name in a.b1_variants.split(","):
         options, gemv = B1_VARIANTS[name]
@@ -87,8 +102,15 @@ def main() -> None:
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()
         run(f"whole {name}", [1])
-    run("whole", [b for b in batches if b > 1])
-    a.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    for name in a.batch_variants.split(","):
+        f.decode_batch = torch.compile(f._decode_batch, fullgraph=True, options=BATCH_VARIANTS[name])
+        torch._dynamo.reset()
+        run(f"whole {name}", [b for b in batches if b > 1])
+    save(a, spec, rows)
+
+
+def save(a, spec, rows: list[dict]) -> None:
+    a.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
                                  "spec": spec.to_dict(), "rows": rows}, indent=1))
 
 

@@ -7,6 +7,7 @@ so a seed gives the same tokens whatever else shares the batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -54,37 +55,53 @@ def device_ints(values: list, device: torch.device) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            banned: list[int | None]) -> list[int]:
-    """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens)."""
-    return sample_tensor(logits, params, generators, banned).tolist()
+    """The next token of each row. ``banned[i]``, when set, cannot be chosen (an end id before min_tokens).
+
+    The caller's logits are left alone (:func:`sample_tensor` writes its bans into them).
+    """
+    return sample_tensor(logits.clone(), params, generators, banned).tolist()
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """:func:`device_ints` of ``values``, made once: the same rows ban the same token step after step."""
+    return device_ints(list(values), device)
+
+
+def ban(logits: torch.Tensor, banned: list[int | None]) -> None:
+    """Set ``logits[i, banned[i]]`` to -inf in place, for every row with a ban, without waiting for the device.
+
+    When every row bans one token (an end id, while every sequence is under its min_tokens) that is one fill
+    of a column. Else one indexed write, its row and token indices on the device from a cache. Before, a
+    greedy row's ban was a dozen small launches per step (top-2, gathers, two copies from pinned memory);
+    at batch 1 sampling took 0.53 ms of the H200 server's host time per step (bench/NOTES.md, session 11).
+    """
+    rows = [i for i, token in enumerate(banned) if token is not None]
+    if not rows:
+        return
+    first = banned[rows[0]]
+    if len(rows) == logits.shape[0] and all(banned[i] == first for i in rows):
+        logits[:, first] = float("-inf")  # a view and a fill: the index is a kernel argument
+        return
+    index = _device_index(tuple(rows), logits.device)
+    tokens = _device_index(tuple(banned[i] for i in rows), logits.device)
+    logits[index, tokens] = float("-inf")
 
 
 def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
                   banned: list[int | None]) -> torch.Tensor:
     """:func:`sample` left on the logits' device (int64 ``[rows]``): on a GPU, nothing waits for it.
 
-    Nothing as large as the logits is allocated for greedy rows. A copy of them per step, sized by the
-    batch (which changes as sequences come and go), left the caching allocator holding blocks of every
-    size it had seen.
+    ``logits`` are the caller's scratch: its banned tokens are set to -inf in them (:func:`ban`). Nothing as
+    large as the logits is allocated for greedy rows. A copy of them per step, sized by the batch (which
+    changes as sequences come and go), left the caching allocator holding blocks of every size it had seen.
     """
+    ban(logits, banned)
     out = logits.argmax(dim=-1)  # in the logits' own dtype: the same choice as in float32, which holds fp16 exactly
-    rows = [i for i, token in enumerate(banned) if token is not None and params[i].greedy]
-    if rows:
-        # A banned token (an end id before min_tokens) is never chosen: where it is a row's argmax, the row takes
-        # its runner-up. The indices reach the GPU through pinned memory and every choice stays there; an
-        # indexed write of a Python scalar (`logits[rows, tokens] = -inf`) waited for the stream on each step
-        # (the H200's sync-debug test, tests/test_generation_gpu.py, 2026-11-30).
-        index = device_ints(rows, logits.device)
-        ban = device_ints([banned[i] for i in rows], logits.device)
-        top2 = logits.topk(2, dim=-1).indices.index_select(0, index)
-        runner_up = torch.where(top2[:, 0] == ban, top2[:, 1], top2[:, 0])
-        best = out.index_select(0, index)
-        out.index_copy_(0, index, torch.where(best == ban, runner_up, best))
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        row = logits[i].to(torch.float32, copy=True)  # the caller's logits are left alone
-        if banned[i] is not None:
-            row[banned[i]] = float("-inf")  # a fill of one element: the value is a kernel argument
+        row = logits[i].to(torch.float32)
         row = filter_logits(row / p.temperature, p.top_k, p.top_p)
         out[i] = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i])[0]
     return out
