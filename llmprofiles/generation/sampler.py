@@ -80,12 +80,13 @@ def ban(logits: torch.Tensor, banned: list[int | None]) -> None:
     if not rows:
         return
     first = banned[rows[0]]
-    if len(rows) == logits.shape[0] and all(banned[i] == first for i in rows):
-        logits[:, first] = float("-inf")  # a view and a fill: the index is a kernel argument
-        return
-    index = _device_index(tuple(rows), logits.device)
-    tokens = _device_index(tuple(banned[i] for i in rows), logits.device)
-    logits[index, tokens] = float("-inf")
+    with torch.inference_mode():  # logits made under inference mode (an eager step) are written only there
+        if len(rows) == logits.shape[0] and all(banned[i] == first for i in rows):
+            logits[:, first] = float("-inf")  # a view and a fill: the index is a kernel argument
+            return
+        index = _device_index(tuple(rows), logits.device)
+        tokens = _device_index(tuple(banned[i] for i in rows), logits.device)
+        logits[index, tokens] = float("-inf")
 
 
 def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
