@@ -138,7 +138,8 @@ def environment(a) -> dict:
             "cuda": torch.version.cuda, "transformers": transformers.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "tritonserver_wheel": package_version("nvidia-pytriton"),
             "perf_analyzer_wheel": package_version("perf-analyzer"), "date": datetime.date.today().isoformat(),
-            "manifest": {k: manifest.get(k) for k in ("model", "dtype", "device", "runtime", "generation")}}
+            "manifest": {k: manifest.get(k) for k in ("model", "dtype", "device", "runtime", "generation",
+                                                      "decode_attention", "decode_pdl")}}
 
 
 def check_build(a) -> dict:
@@ -1146,6 +1147,8 @@ def report(state: dict) -> str:
              f"{spec.get('max_context')} positions; decode buckets {spec.get('decode_buckets')}, prefill buckets "
              f"{spec.get('prefill_buckets')}; {PROMPT_LEN}-token prompts, {OUTPUT_TOKENS} output tokens "
              "(min_tokens = max_tokens)",
+             f"- built with decode attention {(m.get('decode_attention') or {}).get('use', 'not checked')}; "
+             f"programmatic dependent launch in the batch-1 decode step: {m.get('decode_pdl', 'not probed')}",
              "- commands, by phase:", *(f"  - {p}: {how_run(state, p)}" for p in state.get("commands", {})), ""]
     if state.get("server_pythonpath"):
         lines.insert(4, f"- the server's backend stub imports `{state['server_pythonpath']}` first (numpy < 2 for BYTES outputs), through a venv over the serving Python (STUB_PYTHON)")

@@ -68,6 +68,19 @@ def test_graphs_give_the_eager_tokens_batched(hf, graphed):
     assert greedy(graphed, PROMPTS, 12) == greedy(eager, PROMPTS, 12)
 
 
+def test_programmatic_dependent_launch_gives_the_eager_tokens(hf):
+    """The batch-1 step compiled with PDL (where the build's probe passes): each kernel may start before the one
+    before it ends, so a missing wait would read stale values. Batch 1 alone, one prompt at a time."""
+    from llmprofiles.runtimes.compiled import pdl_works
+
+    if torch.cuda.get_device_capability()[0] < 9 or not pdl_works(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch does not work here (the build would not use it)")
+    pdl, eager = engine(hf, pdl=True), engine(hf, cuda_graphs=False, compile=False)
+    pdl.warm_up()
+    for prompt in PROMPTS:
+        assert greedy(pdl, [prompt], 12) == greedy(eager, [prompt], 12)
+
+
 def test_no_compile_and_no_capture_at_request_time(graphed):
     from torch._dynamo.utils import counters
 

@@ -135,6 +135,11 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
         with step("check the decode attention kernel against the batched matmuls"):
             fields["decode_attention"] = check_decode_kernel(hf, device_t)
         print(f"{model_dir.name}: decode attention: {fields['decode_attention']}")
+        from llmprofiles.runtimes.compiled import pdl_works
+
+        with step("probe programmatic dependent launch (the batch-1 decode step uses it where it works)"):
+            fields["decode_pdl"] = bool(torch.cuda.get_device_capability(device_t)[0] >= 9 and pdl_works(device_t))
+        print(f"{model_dir.name}: decode PDL: {fields['decode_pdl']}")
     manifest = write_manifest(version_dir, fields, [MODEL_CONFIG, WEIGHTS, *files])
     write_triton_config(model_dir, device_t, max_queue)
     print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")

@@ -82,12 +82,12 @@ class GenerationEngine:
     (a prefill reads only as many pool positions as its longest sequence needs, rounded up), all in
     one memory pool. A decode step compiled whole reads each row's own context whatever the length,
     so its graphs for the lengths are alike. ``compile`` compiles the steps first (default: on CUDA;
-    see :class:`llmprofiles.generation.forward.KVForward`).
+    see :class:`llmprofiles.generation.forward.KVForward`, which takes ``pdl``).
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
                  device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None,
-                 decode_kernel: bool | None = None):
+                 decode_kernel: bool | None = None, pdl: bool = False):
         self.shape, self.spec, self.device = shape, spec, torch.device(device)
         self.profiles = spec.profiles()
         self.vocab_size = shape.vocab_size
@@ -96,7 +96,7 @@ class GenerationEngine:
         k_pool, v_pool = allocate_pool(shape.num_layers, spec.slots, spec.max_context, shape.num_kv_heads,
                                        shape.head_dim, self.dtype, self.device)
         self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile,
-                                 decode_kernel=decode_kernel)
+                                 decode_kernel=decode_kernel, pdl=pdl)
         self.pool = SlotPool(spec.slots)
         self.kv_bytes = kv_pool_bytes(shape, spec.slots, spec.max_context, self.dtype)
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
@@ -333,7 +333,8 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     # The build checked the decode attention kernel on its GPU: kept, refused (the matmuls serve), or not checked.
     checked = manifest.get("decode_attention", {}).get("use") if device.type == "cuda" else None
     engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device,
-                              decode_kernel=None if checked is None else checked == "kernel")
+                              decode_kernel=None if checked is None else checked == "kernel",
+                              pdl=device.type == "cuda" and manifest.get("decode_pdl", False))
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",
              len(engine.profiles), list(engine.profiles.names), spec.slots, spec.max_context,
              engine.kv_bytes / 2**20, device)

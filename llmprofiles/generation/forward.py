@@ -29,6 +29,13 @@ SUPPORTED = ("gemma3_text",)
 # descent alone, 1.73 with multiply-and-reduce alone.
 WHOLE_B1_OPTIONS: dict = {"coordinate_descent_tuning": True}
 WHOLE_B1_GEMV = True
+# With ``pdl`` (where the build's probe found programmatic dependent launch working: the manifest's decode_pdl),
+# the batch-1 step's kernels launch while the one before them finishes, and wait for it before reading what it
+# wrote. Its kernels are all inductor's reductions and pointwise kernels around the attention operator: the probe's
+# graph replay fell from 1.39 to 1.17 ms at 192 positions. The step for batches of 2 or more, whose projections are
+# matmul library calls that take no part in it, replayed alike with and without (1.34 / 1.36 ms at batch 8, 1.59
+# at batch 64), and stays without. H200, session 12, results/2026-11-30-session12-probes/decode_step.json.
+PDL_OPTIONS: dict = {"triton.enable_pdl": True}
 
 
 @dataclass(frozen=True)
@@ -184,15 +191,16 @@ class KVForward(torch.nn.Module):
     between them stay eager. With ``decode_kernel`` (default: on CUDA, where Triton is), a decode step
     (``seq == 1``) attends with :func:`llmprofiles.generation.attention.decode_attention` instead, which
     also writes the pool. Such a step is compiled whole (:meth:`decode_step`; ``whole_decode``, default:
-    with ``compile``): once for batch 1, with its projections as multiply-and-reduce, and once for every
-    batch of 2 or more. On the H200 (gemma-3-1b, fp16, 192 positions; ``make bench-generate``'s engine
+    with ``compile``): once for batch 1, with its projections as multiply-and-reduce (and ``pdl``, see
+    PDL_OPTIONS), and once for every batch of 2 or more. On the H200 (gemma-3-1b, fp16, 192 positions; ``make bench-generate``'s engine
     phase, 2026-11-30, session 11) a decode step's graph replayed in 1.21 ms at batch 1 and 1.69 ms at
     batch 64 compiled whole, against 1.52 and 1.93 ms layer by layer with the kernel and 1.82 and 2.69 ms
     with the batched matmuls.
     """
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
-                 compile: bool = False, decode_kernel: bool | None = None, whole_decode: bool | None = None):
+                 compile: bool = False, decode_kernel: bool | None = None, whole_decode: bool | None = None,
+                 pdl: bool = False):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -217,7 +225,8 @@ class KVForward(torch.nn.Module):
         self.compiled = compile
         self.decode_b1, self.decode_batch = self._decode_b1, self._decode_batch
         if compile:
-            self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=WHOLE_B1_OPTIONS)
+            options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
+            self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=options)
             self.decode_batch = torch.compile(self._decode_batch, fullgraph=True)
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,6 +68,11 @@ def _device_index(values: tuple[int, ...], device: torch.device) -> torch.Tensor
     return device_ints(list(values), device)
 
 
+@functools.lru_cache(maxsize=16)
+def _minus_inf(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.full((), float("-inf"), dtype=dtype, device=device)
+
+
 def ban(logits: torch.Tensor, banned: list[int | None]) -> None:
     """Set ``logits[i, banned[i]]`` to -inf in place, for every row with a ban, without waiting for the device.
 
@@ -86,7 +91,9 @@ def ban(logits: torch.Tensor, banned: list[int | None]) -> None:
             return
         index = _device_index(tuple(rows), logits.device)
         tokens = _device_index(tuple(banned[i] for i in rows), logits.device)
-        logits[index, tokens] = float("-inf")
+        # With a Python float (`logits[index, tokens] = -inf`) the value went to the GPU from pageable memory,
+        # which waits for the stream (the H200's sync-debug test, session 12): a -inf made once on the device.
+        logits.index_put_((index, tokens), _minus_inf(logits.dtype, logits.device))
 
 
 def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
