@@ -545,22 +545,27 @@ class GrpcStream:
 
 
 # The config.pbtxt parameters the stream phase may vary: the generate model logs each value it read.
-STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms")
+STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms", "cancel_check_ms")
 
 
-def parse_variant(text: str) -> dict[str, int]:
-    """``"stream_interval=4,send_threads=2"`` -> ``{"stream_interval": 4, "send_threads": 2}``.
+def parse_variant(text: str) -> dict[str, float]:
+    """``"stream_interval=4,send_budget_ms=0.5"`` -> ``{"stream_interval": 4, "send_budget_ms": 0.5}``.
 
-    >>> parse_variant("send_threads=4, stream_interval=8")
-    {'send_threads': 4, 'stream_interval': 8}
+    >>> parse_variant("send_threads=4, send_budget_ms=0.5")
+    {'send_threads': 4, 'send_budget_ms': 0.5}
     """
     out = {}
     for part in text.split(","):
         key, _, value = part.strip().partition("=")
-        if key not in STREAM_PARAMS or not value.strip().isdigit():
+        value = value.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if key not in STREAM_PARAMS or not number >= 0:
             raise argparse.ArgumentTypeError(
-                f"{part.strip()!r}: each part of a stream variant is NAME=INTEGER, NAME one of {list(STREAM_PARAMS)}")
-        out[key] = int(value)
+                f"{part.strip()!r}: each part of a stream variant is NAME=NUMBER (>= 0), NAME one of {list(STREAM_PARAMS)}")
+        out[key] = int(number) if number.is_integer() else number
     return out
 
 
@@ -880,9 +885,11 @@ def phase_stream(a, state: dict) -> dict:
         name = variant_name(overrides)
         tag = "_" + name.replace("=", "").replace(",", "_")
         with serving(a, vocab, overrides) as server:
+            before = scheduler_counters(server)
             result = run_client(server, a, a.stream_concurrency, vocab, tag=tag)
             f = client_figures(result) | {"startup_s": server.startup_s, "overrides": overrides,
-                                          "command": " ".join(client_command(server, a, a.stream_concurrency, vocab))}
+                                          "command": " ".join(client_command(server, a, a.stream_concurrency, vocab)),
+                                          "scheduler": scheduler_split(before, scheduler_counters(server))}
             if not f["ttft"]:
                 f["error"] = result.get("error", "no figures")
             log = server.log_path.read_text(errors="replace")
@@ -1298,8 +1305,13 @@ def report(state: dict) -> str:
     if variants:  # ("intervals": the first runs of the phase, before it took other parameters)
         c = str(stream["concurrency"])
         runs = {"the build's config.pbtxt": (tri or {}).get("client", {}).get(c), **variants}
+        def split(r: dict) -> list[str]:  # the scheduler thread per decode step (absent in older states)
+            sp = r.get("scheduler") or {}
+            per = sp.get("ms_per_step") or {}
+            return [fmt(per.get("iteration")), fmt(per.get("emit")), fmt(sp.get("responses_per_step"), 1)]
+
         rows = [[k, fmt(r["output_tokens_per_s"], 0), fmt(r["ttft"]["p50_ms"]), fmt(r["ttft"]["p99_ms"]),
-                 fmt(r["itl"]["p50_ms"]), fmt(r["itl"]["p99_ms"]), f"{r['errors']}/{r['count']}",
+                 fmt(r["itl"]["p50_ms"]), fmt(r["itl"]["p99_ms"]), f"{r['errors']}/{r['count']}", *split(r),
                  "stream phase" if k in variants else "triton phase"]
                 for k, r in runs.items() if r and r.get("ttft")]
         lines += [f"## How responses are sent: an A/B at concurrency {c}", "",
@@ -1307,11 +1319,15 @@ def report(state: dict) -> str:
                   "that many tokens; the rest leaves with the final response. `send_threads`: that many threads send "
                   "the responses instead of the scheduler thread, tokens that pile up for a request going out in one "
                   "response. `send_budget_ms`: the most a step spends sending streamed tokens; the streams served "
-                  "least recently go first, the others keep their tokens for a later response. A fresh server per "
+                  "least recently go first, the others keep their tokens for a later response. `cancel_check_ms`: how "
+                  "often the watcher thread asks the server whether each request was cancelled (a round trip each). "
+                  "Step, emit and responses: the scheduler thread's ms per decode step, its part sending, and "
+                  "responses per step. A fresh server per "
                   "variant, `client/generate.py` over gRPC streaming; its ITL is per "
                   "token (a response's gap divided over the tokens it carries). The first row is the triton phase's, "
                   "with the values the build wrote into `config.pbtxt` (its server log names them).", "",
-                  *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "from"], rows),
+                  *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "step",
+                          "emit", "responses", "from"], rows),
                   *(f"- {k}: {r['error']}" for k, r in variants.items() if r.get("error")), ""]
     if anchor and anchor.get("batches"):
         rows = []

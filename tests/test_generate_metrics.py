@@ -121,3 +121,44 @@ def test_the_scheduler_time_is_summed_and_sent_by_the_timer_only():
     m.flush()
     assert log == []  # nothing new: nothing sent
     m.close()
+
+
+def test_a_final_response_leaves_after_the_metrics_recorded_before_it():
+    """Finals: the scheduler thread only queues a final; its thread sends the recorded metrics first, then the
+    finals in order, and a send that fails does not keep the others back."""
+    import threading
+
+    from llmprofiles.serving.generate import Finals
+
+    log, sent, done = [], [], threading.Event()
+    m = observer(log)
+
+    def send(out):
+        if out == "broken":
+            raise RuntimeError("client gone")
+        sent.append((out, len(log)))  # how many metric updates had gone out when this final left
+        if out == "last":
+            done.set()
+
+    finals = Finals(m, send)
+    m.tokens([2.0, 3.0])
+    for out in ("a", "broken", "b", "last"):
+        finals.put(out)
+    assert done.wait(5)
+    finals.stop()
+    assert [o for o, _ in sent] == ["a", "b", "last"]
+    assert sent[0][1] >= 2 and any(op == "increment" and n == 2 for _, op, n in log[:sent[0][1]])
+    m.close()
+
+
+def test_stopping_sends_every_queued_final():
+    from llmprofiles.serving.generate import Finals
+
+    sent = []
+    m = observer([])
+    finals = Finals(m, sent.append)
+    with finals._lock:  # queued while the thread cannot take them: stop() still sends them all
+        finals._queue += ["x", "y"]
+    finals.stop()
+    assert sent == ["x", "y"] and not finals._thread.is_alive()
+    m.close()

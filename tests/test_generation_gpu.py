@@ -49,11 +49,13 @@ def greedy(e: GenerationEngine, prompts: list[list[int]], n: int) -> list[list[i
 PROMPTS = [[5], list(range(10, 30)), list(range(100, 170)), list(range(7, 12))]
 
 
-def test_every_profile_is_captured_at_warm_up_for_each_attention_length(graphed):
+def test_every_profile_is_captured_at_warm_up_prefills_per_attention_length_decodes_once(graphed):
     assert graphed.forward.decode_kernel, "on CUDA decode attends with the kernel by default"
     assert graphed.forward.whole_decode, "and a decode step is compiled whole"
-    expected = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in kv_buckets(SPEC.max_context) if k >= s}
-    assert set(graphed.graphs) == expected
+    lengths = kv_buckets(SPEC.max_context)
+    prefills = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in lengths if k >= s and s > 1}
+    decodes = {(i, lengths[-1]) for i, (b, s) in enumerate(graphed.step_shapes) if s == 1}  # one graph, any length
+    assert set(graphed.graphs) == prefills | decodes and len(decodes) == len(SPEC.decode_buckets)
 
 
 def test_decode_with_the_attention_kernel_gives_the_batched_matmul_tokens(hf, graphed):

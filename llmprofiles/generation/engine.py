@@ -81,7 +81,7 @@ class GenerationEngine:
     On CUDA each profile is captured as CUDA graphs, one per attention length in :func:`kv_buckets`
     (a prefill reads only as many pool positions as its longest sequence needs, rounded up), all in
     one memory pool. A decode step compiled whole reads each row's own context whatever the length,
-    so its graphs for the lengths are alike. ``compile`` compiles the steps first (default: on CUDA;
+    so each decode bucket has one graph (:meth:`graph_key`). ``compile`` compiles the steps first (default: on CUDA;
     see :class:`llmprofiles.generation.forward.KVForward`, which takes ``pdl``).
     """
 
@@ -215,7 +215,13 @@ class GenerationEngine:
             return self._forward(x, needed)[:n]
 
     def graph_key(self, index: int, needed: int) -> tuple[int, int]:
-        """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions."""
+        """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions.
+
+        A decode step compiled whole reads each row's own context, whatever the length: one graph per decode
+        bucket serves them all (keyed by the whole context).
+        """
+        if self.step_shapes[index][1] == 1 and self.forward.decode_kernel and self.forward.whole_decode:
+            return index, self.kv_lengths[-1]
         return index, next(k for k in self.kv_lengths if k >= needed)
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
@@ -252,10 +258,9 @@ class GenerationEngine:
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
             if self.cuda_graphs:
-                for kv_len in self.kv_lengths:
-                    if kv_len >= seq:
-                        graph, buffers, _ = self._graph(i, kv_len)
-                        graph.replay()
+                for key in sorted({self.graph_key(i, kv_len) for kv_len in self.kv_lengths if kv_len >= seq}):
+                    graph, buffers, _ = self._graph(*key)
+                    graph.replay()
                 torch.cuda.synchronize(self.device)
             else:
                 x = StepInputs.scratch(batch, seq, self.device, self.pool.scratch)

@@ -344,3 +344,56 @@ class MetricsObserver(Observer):
         self._stopped.set()
         self._timer.join(5)
         self.flush()
+
+
+class Finals:
+    """Final responses, sent from their own thread once the metrics they count have been sent.
+
+    Before a final response the model sends what the scheduler recorded (a client that reads the metrics
+    after its last response sees its request counted). That is a round trip to the server per metric
+    changed, about seven per final at 64 streams, plus the final's own send, and they held the
+    scheduler thread while the other streams waited for their next step. Here the scheduler only queues
+    the final; this thread flushes, then sends every final queued meanwhile, in order. A request's earlier
+    responses were sent before its final was queued, so they still arrive first.
+    """
+
+    def __init__(self, observer: MetricsObserver, send, name: str = "generate-finals"):
+        self.observer, self.send = observer, send
+        self._queue: list = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, out: Output) -> None:
+        with self._lock:
+            self._queue.append(out)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._queue = self._queue, []
+                stopped = self._stopped
+            if batch:
+                try:
+                    self.observer.flush(gauges=False)
+                except Exception:  # the metrics are late, the responses must still go
+                    log.exception("flushing generate metrics before final responses failed")
+                for out in batch:
+                    try:
+                        self.send(out)
+                    except Exception:  # one failed send must not keep the other requests' finals back
+                        log.exception("sending a final response failed")
+            if stopped:
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then end the thread."""
+        with self._lock:
+            self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout)

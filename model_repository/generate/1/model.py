@@ -5,9 +5,10 @@ and the KV-cache engine (``llmprofiles.generation``) are tested without Triton.
 This file adapts Triton's tensors, response senders, errors and metrics.
 
 ``execute`` only checks and queues a request. One scheduler thread runs every
-engine step and, by default, sends the responses; with ``send_threads`` > 0 a few
-sender threads send them instead, each request's from one thread, coalesced when
-they pile up (``llmprofiles.serving.pump``).
+engine step and, by default, sends the streamed responses; with ``send_threads`` > 0
+a few sender threads send them instead, each request's from one thread, coalesced
+when they pile up (``llmprofiles.serving.pump``). Final responses go from their own
+thread, after the metrics that count them (``llmprofiles.serving.generate.Finals``).
 """
 
 import json
@@ -22,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 from llmprofiles.generation.engine import load_generation_engine
 from llmprofiles.generation.scheduler import GenerateRequest, QueueFull, Scheduler
 from llmprofiles.generation.tokenizer import Tokenizer
-from llmprofiles.serving.generate import (INPUT_NAMES, Limits, MetricsObserver, check_shapes, parse_request,
+from llmprofiles.serving.generate import (INPUT_NAMES, Finals, Limits, MetricsObserver, check_shapes, parse_request,
                                           response_arrays)
 from llmprofiles.serving.llm import BadRequest
 from llmprofiles.serving.pump import ResponsePump, StreamInterval
@@ -56,6 +57,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         max_queue, cancel_check_ms = int(params["max_queue"]), float(params.get("cancel_check_ms", "0"))
         self.observer = MetricsObserver(pb_utils, config["name"], self.engine.profiles.names)
+        self.finals = Finals(self.observer, self._respond)  # metrics, then final responses, off the scheduler thread
         send_threads = int(params.get("send_threads", "0"))  # 0: the scheduler thread sends
         self.pump = ResponsePump(self._send, threads=send_threads) if send_threads else None
         emit = self.pump.put if self.pump else self._send
@@ -69,7 +71,8 @@ class TritonPythonModel:
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
                                  f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}, "
-                                 f"stream_interval {interval}, send_threads {send_threads}, send_budget_ms {send_budget_ms:g}")
+                                 f"stream_interval {interval}, send_threads {send_threads}, send_budget_ms {send_budget_ms:g}, "
+                                 f"cancel_check_ms {cancel_check_ms:g}")
 
     def _warm_up(self):
         """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread."""
@@ -89,9 +92,13 @@ class TritonPythonModel:
             if out.final:
                 sink.set()
             return
-        if out.final:  # a client reading metrics after its last response sees its request; else the timer sends them
-            self.observer.flush(gauges=False)
-        sender, flags = sink
+        if out.final:  # sent after the metrics that count it, from the finals thread
+            self.finals.put(out)
+            return
+        self._respond(out)
+
+    def _respond(self, out):
+        sender, flags = out.request.sink
         if out.error is not None:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(out.error, self.error_codes[out.error_kind]))
         else:
@@ -125,4 +132,5 @@ class TritonPythonModel:
         self.scheduler.stop()
         if self.pump:
             self.pump.stop()
+        self.finals.stop()
         self.observer.close()
