@@ -147,7 +147,7 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
         from llmprofiles.generation.engine import load_generation_engine
 
         with step("compile the steps and capture every step profile once (fills the inductor cache)"):
-            load_generation_engine(version_dir, device_t).warm_up()
+            load_generation_engine(version_dir, device_t).warm_up(reuse_tuned=False)  # tunes and saves them
     return manifest
 
 

@@ -252,8 +252,18 @@ class GenerationEngine:
             self.graphs[key] = (graph, buffers, out)
         return self.graphs[key]
 
-    def warm_up(self) -> list[float]:
-        """Run every profile once on the scratch slot (on CUDA: capture all its graphs); seconds per profile."""
+    def warm_up(self, reuse_tuned: bool = True) -> list[float]:
+        """Run every profile once on the scratch slot (on CUDA: capture all its graphs); seconds per profile.
+
+        On CUDA, with ``reuse_tuned``, compiles restored from the inductor cache keep the launch configs the build
+        tuned (:func:`llmprofiles.runtimes.compiled.cached_configs_final`): a kernel with programmatic dependent
+        launch is otherwise tuned again at every load, from scratch each time.
+        """
+        if self.device.type == "cuda" and reuse_tuned:
+            from llmprofiles.runtimes.compiled import cached_configs_final
+
+            with cached_configs_final():
+                return self.warm_up(reuse_tuned=False)
         times = []
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
