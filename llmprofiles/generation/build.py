@@ -40,6 +40,12 @@ STREAM_INTERVAL = 1
 # against 1,956 tokens/s and 42.5 ms with none (and 5,749 / 15.9 ms with stream_interval 8). One stream
 # sends one response per step, far inside the budget, so every token still leaves as it is made.
 SEND_BUDGET_MS = 2
+# Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
+# One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
+# from the cache it kept 1.27-1.31), but the served steps of two fresh builds replayed in 1.93 and 1.52 ms
+# (`make bench-generate`'s engine phase; H200, session 12): with coordinate descent, PDL compiles differ widely from
+# one to the next, as llm's did (0.99 against 1.48 ms), where llm keeps the best of several. Not done here yet.
+DECODE_PDL = False
 CODE = ["generation/build.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -98,12 +104,14 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, model_dir: Path,
-                   max_queue: int, force: bool = False) -> dict:
+                   max_queue: int, force: bool = False, decode_pdl: bool = False) -> dict:
+    """Build into ``model_dir``. ``decode_pdl``: compile the batch-1 decode step with programmatic dependent launch
+    where its probe passes (off by default: see DECODE_PDL)."""
     device_t = torch.device(device)
     version_dir = model_dir / "1"
     pkg = Path(__file__).parents[1]
     inputs = {"source": source_fingerprint(source), "generation": spec.to_dict(), "device": device_t.type,
-              "dtype": dtype, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
+              "dtype": dtype, "decode_pdl": decode_pdl, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
               "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
     inputs_hash = sha256_json(inputs)
     old = None if force else built_already(version_dir, inputs_hash)
@@ -135,10 +143,12 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
         with step("check the decode attention kernel against the batched matmuls"):
             fields["decode_attention"] = check_decode_kernel(hf, device_t)
         print(f"{model_dir.name}: decode attention: {fields['decode_attention']}")
-        from llmprofiles.runtimes.compiled import pdl_works
+        fields["decode_pdl"] = False
+        if decode_pdl:
+            from llmprofiles.runtimes.compiled import pdl_works
 
-        with step("probe programmatic dependent launch (the batch-1 decode step uses it where it works)"):
-            fields["decode_pdl"] = bool(torch.cuda.get_device_capability(device_t)[0] >= 9 and pdl_works(device_t))
+            with step("probe programmatic dependent launch (the batch-1 decode step uses it where it works)"):
+                fields["decode_pdl"] = bool(torch.cuda.get_device_capability(device_t)[0] >= 9 and pdl_works(device_t))
         print(f"{model_dir.name}: decode PDL: {fields['decode_pdl']}")
     manifest = write_manifest(version_dir, fields, [MODEL_CONFIG, WEIGHTS, *files])
     write_triton_config(model_dir, device_t, max_queue)
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefill-buckets", type=parse_buckets, help="prefill length buckets, e.g. 64,128,256")
     p.add_argument("--max-queue", type=int, help="requests that may wait for a slot (default: 4 x slots)")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
+    p.add_argument("--decode-pdl", action=argparse.BooleanOptionalAction, default=DECODE_PDL,
+                   help="batch-1 decode step with programmatic dependent launch (CUDA, compute capability 9+)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dtype = a.dtype if a.dtype != "auto" else ("float16" if a.device == "cuda" else "float32")
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     max_queue = a.max_queue if a.max_queue is not None else 4 * spec.slots
     if max_queue < 0:
         raise SystemExit(f"--max-queue {max_queue} must be >= 0")
-    build_generate(a.model, spec, a.device, dtype, a.out, max_queue, a.force)
+    build_generate(a.model, spec, a.device, dtype, a.out, max_queue, a.force, a.decode_pdl)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ SUPPORTED = ("gemma3_text",)
 # descent alone, 1.73 with multiply-and-reduce alone.
 WHOLE_B1_OPTIONS: dict = {"coordinate_descent_tuning": True}
 WHOLE_B1_GEMV = True
-# With ``pdl`` (where the build's probe found programmatic dependent launch working: the manifest's decode_pdl),
-# the batch-1 step's kernels launch while the one before them finishes, and wait for it before reading what it
-# wrote. Its kernels are all inductor's reductions and pointwise kernels around the attention operator: the probe's
-# graph replay fell from 1.39 to 1.17 ms at 192 positions. The step for batches of 2 or more, whose projections are
-# matmul library calls that take no part in it, replayed alike with and without (1.34 / 1.36 ms at batch 8, 1.59
-# at batch 64), and stays without. H200, session 12, results/2026-11-30-session12-probes/decode_step.json.
+# With ``pdl`` (a build with --decode-pdl where its probe found programmatic dependent launch working: the manifest's
+# decode_pdl), the batch-1 step's kernels launch while the one before them finishes, and wait for it before reading
+# what it wrote. Its kernels are all inductor's reductions and pointwise kernels around the attention operator: the
+# probe's graph replay fell from 1.39 to 1.17 ms at 192 positions. The step for batches of 2 or more, whose
+# projections are matmul library calls that take no part in it, replayed alike with and without (1.34 / 1.36 ms at
+# batch 8, 1.59 at batch 64), and stays without. H200, session 12, results/2026-11-30-session12-probes/. Off by
+# default: fresh builds' PDL compiles varied widely (generation/build.py, DECODE_PDL).
 PDL_OPTIONS: dict = {"triton.enable_pdl": True}
 
 
