@@ -27,8 +27,9 @@ from llmprofiles.profiles.generation import GenerationSpec, parse_buckets
 from llmprofiles.profiles.sets import generate_spec
 
 RUNTIME = "kv-portable"
-# How often running sequences are asked whether their client cancelled (each ask is a message to the server).
-CANCEL_CHECK_MS = 5
+# How often running sequences are asked whether their client cancelled (each ask is a round trip to the server,
+# through the same stub-to-server path as every response: 64 streams every 5 ms made 12,800 a second).
+CANCEL_CHECK_MS = 20
 # Threads sending responses off the scheduler thread (llmprofiles.serving.pump); 0 sends from the scheduler
 # thread. 0 by default: on the CPU machine the pump raised TTFT p50 from 24 to 80-110 ms at 8 streams
 # (requests waited longer for admission; cause not found), with tokens/s unchanged. To be measured on a GPU.
@@ -37,9 +38,13 @@ SEND_THREADS = 0
 STREAM_INTERVAL = 1
 # The most the scheduler spends per step sending streamed tokens (Scheduler.send_budget_s); 0 = no limit.
 # On the H200 at 64 streams (2026-11-30, session 9, --phase stream): 6,755 tokens/s and ITL p99 13.3 ms with 2,
-# against 1,956 tokens/s and 42.5 ms with none (and 5,749 / 15.9 ms with stream_interval 8). One stream
-# sends one response per step, far inside the budget, so every token still leaves as it is made.
-SEND_BUDGET_MS = 2
+# against 1,956 tokens/s and 42.5 ms with none (and 5,749 / 15.9 ms with stream_interval 8). Session 12, side by
+# side in one call (bench/results/2026-11-30-session12-check/): 16,054 tokens/s, ITL p99 6.07 ms with 0.5 and
+# CANCEL_CHECK_MS 20, against 11,696 and 8.17 ms with 2 and 5; TTFT p50 13.5 against 13.8 ms. Each response is a
+# ~0.4 ms round trip whatever it carries, so under load fewer responses with more tokens each keep the steps
+# going; the ITL per token follows the step. One stream sends one response per step (the first send of a step
+# always goes), so every token still leaves as it is made.
+SEND_BUDGET_MS = 0.5
 # Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
 # from the cache it kept 1.27-1.31), but the served steps of two fresh builds replayed in 1.93 and 1.52 ms
