@@ -724,3 +724,55 @@ def test_a_send_budget_holds_tokens_back_under_load_and_loses_none(hf):
         assert sizes(budgeted, r)[0] == 1  # the first token always leaves alone, at once
         assert max(sizes(budgeted, r)) == 2 and len(sizes(budgeted, r)) >= 5  # grouped, and served every other step
     assert len(budgeted) < len(plain)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("steps", [2, 3])
+def test_several_decode_steps_per_iteration_give_the_same_tokens_and_responses(hf, overlap, steps):
+    """decode_steps > 1 launches that many steps per iteration before the host takes their tokens: every request
+    gets the tokens it gets with one step per iteration (seeded sampling: the tiny model's greedy tokens repeat,
+    so a step fed a stale token would not show), in order; a row stops at its max_tokens or end token; a stream
+    under a send budget never gets an empty response or one after its final; every slot comes back."""
+    ps = prompts(5, 7, 6, 9)  # four requests for three slots: one is admitted, and prefilled, mid-iteration
+    lengths = [1, 5, 7, 10]
+
+    def serve(decode_steps, end=-1):
+        outs, launches = [], []
+        engine = make_engine(hf)
+        real_decode = engine.decode
+        engine.decode = lambda *args: (launches.append(len(args[0])), real_decode(*args))[1]
+
+        def emit(out):
+            outs.append((out.request, list(out.ids), out.final, out.finish_reason))
+            if not out.final:
+                time.sleep(0.001)
+
+        sched = Scheduler(engine, _NullTok(), emit, overlap=overlap, send_budget_s=0.0015, decode_steps=decode_steps)
+        reqs = [GenerateRequest(p, max_tokens=n, stream=True, end_id=end if i == 3 else -1,
+                                sampling=SamplingParams(temperature=1.0, seed=i))
+                for i, (p, n) in enumerate(zip(ps, lengths))]
+        for r in reqs:
+            sched.submit(r)
+        run(sched)
+        assert sched.engine.pool.used == 0 and not sched._flights
+        return [[(ids, final, reason) for q, ids, final, reason in outs if q is r] for r in reqs], sum(launches)
+
+    one, _ = serve(1)
+    tokens = [[t for ids, _, _ in mine for t in ids] for mine in one]
+    assert len(set(tokens[3])) > 3  # sampled tokens vary: a stale input token changes what follows
+    at = next(i for i, t in enumerate(tokens[3]) if i >= 4 and t not in tokens[3][:i])  # an end token first seen late
+    end = tokens[3][at]
+    got, launched = serve(steps, end)
+    for i, mine in enumerate(got):
+        assert [final for _, final, _ in mine] == [False] * (len(mine) - 1) + [True]  # the final is last, once
+        assert all(ids for ids, final, _ in mine if not final)  # no empty streamed response
+        want = tokens[i][:at] if i == 3 else tokens[i]
+        assert [t for ids, _, _ in mine for t in ids] == want and mine[-1][2] == ("stop" if i == 3 else "length"), i
+    # Each row launches only the steps it may use (max_tokens - 1 decode steps), and the one that stops on its end
+    # token at most 2 x steps more, launched before the end token was seen.
+    assert launched <= sum(n - 1 for n in lengths[:3]) + at + 2 * steps
+
+
+def test_decode_steps_must_be_positive(hf):
+    with pytest.raises(ValueError, match="decode_steps 0 must be >= 1"):
+        Scheduler(make_engine(hf), _NullTok(), lambda o: None, decode_steps=0)

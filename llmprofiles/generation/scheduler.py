@@ -12,7 +12,10 @@ iteration of :meth:`Scheduler.run_once`:
 4. launches one decode step for every running sequence (in groups of the
    largest decode bucket) and samples on the device, then takes the tokens of
    the steps launched one iteration earlier (and of this iteration's prefill)
-   and detokenizes and emits them.
+   and detokenizes and emits them. With ``decode_steps`` > 1 it launches that
+   many steps back to back (a prompt chunk between two of them), each fed the
+   one before's tokens on the device, so the host's work of an iteration is paid
+   once per that many tokens of each row.
 
 On a GPU, decode is overlapped: a step's input tokens are the previous step's
 sampled tokens, still on the device, so the host work of step N (reading its
@@ -171,8 +174,13 @@ class Scheduler:
 
     def __init__(self, engine, tokenizer, emit: Callable[[Output], None], max_queue: int = 64,
                  observer: Observer | None = None, cancel_check_s: float = 0.0, overlap: bool | None = None,
-                 send_budget_s: float = 0.0):
+                 send_budget_s: float = 0.0, decode_steps: int = 1):
         self.engine, self.tokenizer, self._emit = engine, tokenizer, emit
+        # Decode steps launched per iteration (see _decode): the host's per-iteration work (taking tokens,
+        # detokenizing, ending, sending) is paid once per that many tokens of each row.
+        if decode_steps < 1:
+            raise ValueError(f"decode_steps {decode_steps} must be >= 1")
+        self.decode_steps = decode_steps
         self._spent = dict.fromkeys(TIME_PARTS, 0.0)  # this iteration's seconds, by part (TIME_PARTS)
         self._responses = 0  # emitted in this iteration
         # The most a step spends emitting streamed tokens (0: no limit). Each emit through Triton is a blocking
@@ -329,7 +337,7 @@ class Scheduler:
         # session 7). One per iteration staggers them, and a decode step never waits for more than one chunk.
         if self._prefilling:
             t0, emitted = time.perf_counter(), self._spent["emit"]
-            self._prefill_chunk(self._prefilling[0])
+            self._prefill_chunk(self._prefilling[0], self._flights)
             self._spent["prefill"] += time.perf_counter() - t0 - (self._spent["emit"] - emitted)
             did = True
         if self._running or self._flights:
@@ -369,8 +377,9 @@ class Scheduler:
                 admitted = True
         return admitted
 
-    def _prefill_chunk(self, seq: Sequence) -> None:
-        """Prefill the next chunk of ``seq``'s prompt; after its last chunk, sample and send its first token."""
+    def _prefill_chunk(self, seq: Sequence, flights: list[Flight]) -> None:
+        """Prefill the next chunk of ``seq``'s prompt; after its last chunk, sample its first token (on a GPU, as a
+        flight appended to ``flights``, taken with them; else taken now)."""
         prompt = seq.request.prompt_ids
         chunk = prompt[seq.prefilled:seq.prefilled + self.engine.spec.max_chunk]
         logits, index = self.engine.prefill(seq.slot, chunk, seq.prefilled)
@@ -388,32 +397,28 @@ class Scheduler:
         # On a GPU the first token is taken with the decode steps' tokens: the host does not wait for the
         # prefill, and this iteration's decode step, launched next, takes the token from the device as its input.
         seq.in_flight += 1
-        self._flights.append(Flight.launch([seq], sampled, first=True))
+        flights.append(Flight.launch([seq], sampled, first=True))
 
     def _decode(self) -> None:
-        """Launch the next step of every sequence that may go on, then take the tokens of the previous one."""
+        """Launch the next ``decode_steps`` steps of every sequence that may go on, then take the tokens of the
+        steps launched before (the previous iteration's, on a GPU; these, on a CPU).
+
+        Each step after the first reads the one before's sampled tokens on the device. A row stops launching at
+        its max_tokens; an end token is only seen when its step is taken, and the row's later steps are dropped.
+        Between two steps of an iteration, the next prompt chunk is prefilled, so new prompts are admitted as
+        fast as sequences finish.
+        """
         batch = self.engine.spec.max_batch
         spent, clock = self._spent, time.perf_counter
-        going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
-        launched = []
-        for start in range(0, len(going), batch):
-            group = going[start:start + batch]
-            t0 = clock()
-            tokens = self._inputs_of(group)
-            t1 = clock()
-            logits, index = self.engine.decode([s.slot for s in group], tokens,
-                                               [s.length - 1 + s.in_flight for s in group])
-            t2 = clock()
-            self.observer.step(index, len(group))
-            banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
-                      for s in group]
-            sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
-            for s in group:
-                s.in_flight += 1
-            launched.append(Flight.launch(group, sampled))
-            spent["inputs"] += t1 - t0
-            spent["step"] += t2 - t1
-            spent["sample"] += clock() - t2
+        launched: list[Flight] = []
+        for sub in range(self.decode_steps):
+            if sub and self._prefilling:  # its first token is taken with this iteration's steps, not waited for now
+                t0, emitted = clock(), spent["emit"]
+                self._prefill_chunk(self._prefilling[0], launched)
+                spent["prefill"] += clock() - t0 - (spent["emit"] - emitted)
+            going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
+            for start in range(0, len(going), batch):
+                launched.append(self._launch(going[start:start + batch], self._flights + launched))
         previous, self._flights = (self._flights, launched) if self.overlap else (self._flights + launched, [])
         for flight in previous:
             t0 = time.perf_counter()
@@ -427,25 +432,51 @@ class Scheduler:
                 self._take([s for s, _ in live], [t for _, t in live], first=flight.first)
         self._send_due()
 
-    def _inputs_of(self, group: list[Sequence]) -> list[int] | torch.Tensor:
-        """Each row's last token: taken on the host, or still on the device in the previous step's flight."""
+    def _launch(self, group: list[Sequence], flights: list[Flight]) -> Flight:
+        """Enqueue one decode step of ``group`` and its sampling; its tokens stay on the device (``flights``:
+        the steps in flight, where the rows' input tokens are)."""
+        spent, clock = self._spent, time.perf_counter
+        t0 = clock()
+        tokens = self._inputs_of(group, flights)
+        t1 = clock()
+        logits, index = self.engine.decode([s.slot for s in group], tokens,
+                                           [s.length - 1 + s.in_flight for s in group])
+        t2 = clock()
+        self.observer.step(index, len(group))
+        banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
+                  for s in group]
+        sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
+        for s in group:
+            s.in_flight += 1
+        flight = Flight.launch(group, sampled)
+        spent["inputs"] += t1 - t0
+        spent["step"] += t2 - t1
+        spent["sample"] += clock() - t2
+        return flight
+
+    def _inputs_of(self, group: list[Sequence], flights: list[Flight]) -> list[int] | torch.Tensor:
+        """Each row's last token: taken on the host, or on the device in the last of ``flights`` that holds it."""
         if not any(s.in_flight for s in group):
             return [s.generated[-1] for s in group]
-        if len(self._flights) == 1 and [id(s) for s in self._flights[0].group] == [id(s) for s in group]:
-            return self._flights[0].tokens  # the same rows in the same order: the steady state
-        # Indices and values reach the device through device_ints: nothing here may wait for the steps in flight.
+        if flights and [id(s) for s in flights[-1].group] == [id(s) for s in group]:
+            return flights[-1].tokens  # the same rows in the same order as the last step: the steady state
+        # One gather from the flights' tokens (and the host's, appended): indices and values reach the device
+        # through device_ints, so nothing here waits for the steps in flight.
+        where, offset = {}, 0
+        for flight in flights:
+            for r, s in enumerate(flight.group):
+                where[id(s)] = offset + r  # a later flight wins: it holds the row's newer token
+            offset += len(flight.group)
+        index, on_host = [], []
+        for s in group:
+            if s.in_flight:
+                index.append(where[id(s)])
+            else:
+                index.append(offset + len(on_host))
+                on_host.append(s.generated[-1])
         device = self.engine.device
-        tokens = torch.empty(len(group), dtype=torch.int64, device=device)
-        on_host = [i for i, s in enumerate(group) if not s.in_flight]
-        if on_host:
-            tokens[device_ints(on_host, device)] = device_ints([group[i].generated[-1] for i in on_host], device)
-        for flight in self._flights:
-            row_of = {id(s): r for r, s in enumerate(flight.group)}
-            pairs = [(i, row_of[id(s)]) for i, s in enumerate(group) if s.in_flight and id(s) in row_of]
-            if pairs:
-                dst, src = zip(*pairs)
-                tokens[device_ints(list(dst), device)] = flight.tokens[device_ints(list(src), device)]
-        return tokens
+        pool = [f.tokens for f in flights] + ([device_ints(on_host, device)] if on_host else [])
+        return torch.cat(pool)[device_ints(index, device)]
 
     def _take(self, group: list[Sequence], tokens: list[int], first: bool) -> None:
         """The host's part of a step: end checks, detokenizing, responses, metrics."""
@@ -479,7 +510,10 @@ class Scheduler:
 
     def _send_due(self) -> None:
         """A step's streamed tokens out, longest-waiting stream first, until the send budget is spent."""
-        due, self._due = sorted(self._due, key=lambda s: s.last_sent_at), []
+        # A stream is due once per step it took tokens from, and may have ended since: sent once, and never
+        # after its final.
+        unique = {id(s): s for s in self._due if not s.request.done}
+        due, self._due = sorted(unique.values(), key=lambda s: s.last_sent_at), []
         spent = 0.0
         for seq in due:
             if spent >= self.send_budget_s:

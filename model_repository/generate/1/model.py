@@ -65,14 +65,16 @@ class TritonPythonModel:
         if interval > 1:
             emit = StreamInterval(emit, interval).put
         send_budget_ms = float(params.get("send_budget_ms", "0"))  # per step, for streamed tokens; 0: no limit
+        decode_steps = int(params.get("decode_steps", "1"))  # decode steps launched per scheduler iteration
         self.scheduler = Scheduler(self.engine, self.tokenizer, emit, max_queue, self.observer,
-                                   cancel_check_s=cancel_check_ms / 1e3, send_budget_s=send_budget_ms / 1e3)
+                                   cancel_check_s=cancel_check_ms / 1e3, send_budget_s=send_budget_ms / 1e3,
+                                   decode_steps=decode_steps)
         self.scheduler.start()
         self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
                                  f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}, "
                                  f"stream_interval {interval}, send_threads {send_threads}, send_budget_ms {send_budget_ms:g}, "
-                                 f"cancel_check_ms {cancel_check_ms:g}")
+                                 f"cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}")
 
     def _warm_up(self):
         """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread."""
