@@ -114,6 +114,35 @@ def test_decode_steps_never_wait_for_the_device_while_the_end_token_is_banned(gr
     assert steps >= 10 and sum(len(o.ids) for o in outs) == 12 * len(PROMPTS)
 
 
+def test_several_decode_steps_per_iteration_give_the_seeded_tokens_and_never_wait(graphed):
+    """decode_steps 3: each step reads the last one's tokens on the device, a step's rows gathered when they change;
+    the seeded tokens equal one step per iteration's, and nothing in the decode steps waits for the device."""
+    from llmprofiles.generation.sampler import SamplingParams
+
+    def serve(decode_steps: int, check_sync: bool) -> list[list[int]]:
+        outs: dict[int, list[int]] = {}
+        sched = Scheduler(graphed, _Tok(), lambda o: outs.setdefault(id(o.request), []).extend(o.ids),
+                          decode_steps=decode_steps)
+        reqs = [GenerateRequest(p, max_tokens=5 + 3 * i, stream=True, sampling=SamplingParams(temperature=1.0, seed=i))
+                for i, p in enumerate(PROMPTS)]
+        for r in reqs:
+            sched.submit(r)
+        while sched.queued or sched._prefilling:
+            sched.run_once()
+        if check_sync:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            while sched.active:
+                sched.run_once()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert graphed.pool.used == 0
+        return [outs[id(r)] for r in reqs]
+
+    one = serve(1, check_sync=False)
+    assert serve(3, check_sync=True) == one and [len(t) for t in one] == [5, 8, 11, 14]
+
+
 class _Tok:
     def decode(self, ids, skip_special_tokens=True):
         return ""
