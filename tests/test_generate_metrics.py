@@ -123,6 +123,13 @@ def test_the_scheduler_time_is_summed_and_sent_by_the_timer_only():
     m.close()
 
 
+def final(name):
+    """A final Output whose text names it."""
+    from llmprofiles.generation.scheduler import GenerateRequest, Output
+
+    return Output(GenerateRequest([1]), [], name, final=True)
+
+
 def test_a_final_response_leaves_after_the_metrics_recorded_before_it():
     """Finals: the scheduler thread only queues a final; its thread sends the recorded metrics first, then the
     finals in order, and a send that fails does not keep the others back."""
@@ -134,16 +141,16 @@ def test_a_final_response_leaves_after_the_metrics_recorded_before_it():
     m = observer(log)
 
     def send(out):
-        if out == "broken":
+        if out.text == "broken":
             raise RuntimeError("client gone")
-        sent.append((out, len(log)))  # how many metric updates had gone out when this final left
-        if out == "last":
+        sent.append((out.text, len(log)))  # how many metric updates had gone out when this final left
+        if out.text == "last":
             done.set()
 
     finals = Finals(m, send)
     m.tokens([2.0, 3.0])
-    for out in ("a", "broken", "b", "last"):
-        finals.put(out)
+    for name in ("a", "broken", "b", "last"):
+        finals.put(final(name))
     assert done.wait(5)
     finals.stop()
     assert [o for o, _ in sent] == ["a", "b", "last"]
@@ -152,13 +159,24 @@ def test_a_final_response_leaves_after_the_metrics_recorded_before_it():
 
 
 def test_stopping_sends_every_queued_final():
+    import threading
+
     from llmprofiles.serving.generate import Finals
 
-    sent = []
+    sent, gate = [], threading.Event()
     m = observer([])
-    finals = Finals(m, sent.append)
-    with finals._lock:  # queued while the thread cannot take them: stop() still sends them all
-        finals._queue += ["x", "y"]
-    finals.stop()
-    assert sent == ["x", "y"] and not finals._thread.is_alive()
+
+    def send(out):
+        gate.wait(5)  # the thread cannot take the next final until stop() has been called
+        sent.append(out.text)
+
+    finals = Finals(m, send)
+    for name in ("x", "y"):
+        finals.put(final(name))
+    stopping = threading.Thread(target=finals.stop)
+    stopping.start()
+    time.sleep(0.05)
+    gate.set()
+    stopping.join(5)
+    assert sent == ["x", "y"] and not finals._threads[0].is_alive()
     m.close()

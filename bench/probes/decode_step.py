@@ -44,6 +44,14 @@ B1_VARIANTS = {
 BATCH_VARIANTS = {"default": {}, "pdl": {"triton.enable_pdl": True}}
 
 
+def random_engine(model_name: str, device: torch.device, **kw) -> GenerationEngine:
+    """A generate engine over a preset's shapes with its random weights (fp16 on CUDA), its declared spec."""
+    model = models.load_model(model_name, torch.float16 if device.type == "cuda" else torch.float32, device)
+    shape = forward.ModelShape.from_config(model.config.to_dict())
+    weights = forward.fuse_weights(shape, {k: v.detach() for k, v in model.state_dict().items()})
+    return GenerationEngine(shape, weights, generate_spec(model_name), device, **kw)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
@@ -57,12 +65,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     a = p.parse_args()
     device = torch.device(a.device)
-    model = models.load_model(a.model, torch.float16 if device.type == "cuda" else torch.float32, device)
-    shape = forward.ModelShape.from_config(model.config.to_dict())
-    weights = forward.fuse_weights(shape, {k: v.detach() for k, v in model.state_dict().items()})
-    del model
     spec = generate_spec(a.model)
-    engine = GenerationEngine(shape, weights, spec, device)
+    engine = random_engine(a.model, device)
     engine.forward.k_pool.normal_()
     engine.forward.v_pool.normal_()
     sync = sync_fn(device)

@@ -35,19 +35,12 @@ def stage(name: str, pdl: bool) -> dict:
     import torch
 
     from bench.generate_bench import sync_fn, time_decode
-    from llmprofiles import models
-    from llmprofiles.generation import forward
-    from llmprofiles.generation.engine import GenerationEngine
-    from llmprofiles.profiles.sets import generate_spec
+    from bench.probes.decode_step import random_engine
     from llmprofiles.runtimes.compiled import cached_configs_final, compile_counts
 
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = models.load_model("gemma-3-1b", torch.float16, device)
-    shape = forward.ModelShape.from_config(model.config.to_dict())
-    weights = forward.fuse_weights(shape, {k: v.detach() for k, v in model.state_dict().items()})
-    del model
-    engine = GenerationEngine(shape, weights, generate_spec("gemma-3-1b"), device, pdl=pdl)
+    engine = random_engine("gemma-3-1b", device, pdl=pdl)
     sync = sync_fn(device)
     t0 = time.perf_counter()
     with cached_configs_final() if name == "load-kept" else contextlib.nullcontext():

@@ -165,7 +165,8 @@ class Observer:
 # (admitting, detokenizing, end checks, scheduling). A decode launch is three parts: its input tokens
 # (inputs), the engine call that enqueues the step (step), and sampling enqueued with the copy of its
 # tokens to the host (sample). "wait" is for a launched step's tokens; "prefill" enqueues prompt chunks
-# and their first token's sampling; "emit" sends responses.
+# and their first token's sampling; "emit" hands responses to the serving layer (the Triton model sends streamed
+# ones there and then, and queues finals for their own thread).
 TIME_PARTS = ("iteration", "inputs", "step", "sample", "wait", "emit", "prefill")
 
 

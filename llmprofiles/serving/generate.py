@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from llmprofiles.generation.sampler import SamplingParams
 from llmprofiles.generation.scheduler import TIME_PARTS, GenerateRequest, Observer, Output
 from llmprofiles.serving.llm import BadRequest
+from llmprofiles.serving.pump import ResponsePump
 
 TTFT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 ITL_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -251,7 +252,8 @@ class MetricsObserver(Observer):
                       "The scheduler thread's time, by part: iteration (all of it); a decode launch's inputs, step "
                       "(the engine call) and sample; wait (for a step's tokens); emit (sending responses); prefill",
                       F.COUNTER),
-            "responses": F("llm_generate_responses_total", "Responses sent by the scheduler thread", F.COUNTER),
+            "responses": F("llm_generate_responses_total",
+                           "Responses emitted by the scheduler thread (finals are sent from their own)", F.COUNTER),
         }
         self.families = fam  # families must outlive their metrics
         labels = {"model": model}
@@ -346,54 +348,23 @@ class MetricsObserver(Observer):
         self.flush()
 
 
-class Finals:
-    """Final responses, sent from their own thread once the metrics they count have been sent.
+class Finals(ResponsePump):
+    """Final responses, sent from one thread of their own once the metrics they count have been sent.
 
     Before a final response the model sends what the scheduler recorded (a client that reads the metrics
     after its last response sees its request counted). That is a round trip to the server per metric
     changed, about seven per final at 64 streams, plus the final's own send, and they held the
     scheduler thread while the other streams waited for their next step. Here the scheduler only queues
-    the final; this thread flushes, then sends every final queued meanwhile, in order. A request's earlier
-    responses were sent before its final was queued, so they still arrive first.
+    the final (:meth:`put`); a :class:`~llmprofiles.serving.pump.ResponsePump` thread flushes, then sends
+    it. A request's earlier responses were sent before its final was queued, so they still arrive first.
     """
 
-    def __init__(self, observer: MetricsObserver, send, name: str = "generate-finals"):
-        self.observer, self.send = observer, send
-        self._queue: list = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+    def __init__(self, observer: MetricsObserver, send: Callable[[Output], None]):
+        def flushed(out: Output) -> None:
+            try:
+                observer.flush(gauges=False)
+            except Exception:  # the metrics are late, the response must still go
+                log.exception("flushing generate metrics before a final response failed")
+            send(out)
 
-    def put(self, out: Output) -> None:
-        with self._lock:
-            self._queue.append(out)
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                batch, self._queue = self._queue, []
-                stopped = self._stopped
-            if batch:
-                try:
-                    self.observer.flush(gauges=False)
-                except Exception:  # the metrics are late, the responses must still go
-                    log.exception("flushing generate metrics before final responses failed")
-                for out in batch:
-                    try:
-                        self.send(out)
-                    except Exception:  # one failed send must not keep the other requests' finals back
-                        log.exception("sending a final response failed")
-            if stopped:
-                return
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Send what is queued, then end the thread."""
-        with self._lock:
-            self._stopped = True
-        self._wake.set()
-        self._thread.join(timeout)
+        super().__init__(flushed, threads=1)
