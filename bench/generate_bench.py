@@ -885,11 +885,18 @@ def phase_stream(a, state: dict) -> dict:
         name = variant_name(overrides)
         tag = "_" + name.replace("=", "").replace(",", "_")
         with serving(a, vocab, overrides) as server:
+            also = {}  # the same server at the other concurrencies first (its warm state, before the main run)
+            for c in a.stream_also:
+                before = scheduler_counters(server)
+                also[str(c)] = client_figures(run_client(server, a, c, vocab, tag=tag)) | {
+                    "scheduler": scheduler_split(before, scheduler_counters(server))}
             before = scheduler_counters(server)
             result = run_client(server, a, a.stream_concurrency, vocab, tag=tag)
             f = client_figures(result) | {"startup_s": server.startup_s, "overrides": overrides,
                                           "command": " ".join(client_command(server, a, a.stream_concurrency, vocab)),
                                           "scheduler": scheduler_split(before, scheduler_counters(server))}
+            if also:
+                f["also"] = also
             if not f["ttft"]:
                 f["error"] = result.get("error", "no figures")
             log = server.log_path.read_text(errors="replace")
@@ -1330,6 +1337,13 @@ def report(state: dict) -> str:
                   *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "step",
                           "emit", "responses", "from"], rows),
                   *(f"- {k}: {r['error']}" for k, r in variants.items() if r.get("error")), ""]
+        for other in sorted({c for r in variants.values() for c in r.get("also", {})}, key=int):
+            rows = [[k, fmt(r["output_tokens_per_s"], 0), fmt(r["ttft"]["p50_ms"]), fmt(r["ttft"]["p99_ms"]),
+                     fmt(r["itl"]["p50_ms"]), fmt(r["itl"]["p99_ms"]), f"{r['errors']}/{r['count']}", *split(r)]
+                    for k, r in ((k, v.get("also", {}).get(other)) for k, v in variants.items()) if r and r.get("ttft")]
+            lines += [f"The same servers at concurrency {other}, run before the row above:", "",
+                      *table(["variant", "tok/s", "TTFT p50", "p99", "ITL p50", "p99", "errors/requests", "step",
+                              "emit", "responses"], rows), ""]
     if anchor and anchor.get("batches"):
         rows = []
         for b, r in sorted(anchor["batches"].items(), key=lambda kv: int(kv[0])):
@@ -1473,6 +1487,8 @@ def main(argv: list[str] | None = None) -> None:
                      help="more servers, each with these config parameters, e.g. send_threads=4,stream_interval=4 "
                           f"(repeatable; names: {', '.join(STREAM_PARAMS)})")
     stm.add_argument("--stream-concurrency", type=int, help="client/generate.py concurrency (full: 64)")
+    stm.add_argument("--stream-also", type=ints, default=[],
+                     help="other concurrencies each variant's server also serves, before the main one (e.g. 1)")
     anc = p.add_argument_group("anchor phase")
     anc.add_argument("--anchor-batches", type=ints, help="HF generate batch sizes (full: 1,16,64)")
     anc.add_argument("--anchor-lengths", type=ints, help="two generation lengths, long,short (full: 72,8)")

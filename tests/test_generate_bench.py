@@ -289,6 +289,17 @@ def test_report_puts_the_stream_variants_beside_the_triton_phases_row():
     assert "| stream_interval=8 | 6,000 |" in report(state)
 
 
+def test_report_gives_each_variants_other_concurrency_in_its_own_table():
+    state = met_state()
+    state["stream"] = {"concurrency": 64, "variants": {
+        "decode_steps=1": {**client(30.0, 1.1, 6.0, 16_000.0), "also": {"1": client(5.0, 1.4, 2.0, 700.0)}},
+        "decode_steps=4": {**client(31.0, 0.6, 4.0, 24_000.0), "also": {"1": client(5.1, 0.9, 3.0, 1_050.0)}}}}
+    section = report(state).split("The same servers at concurrency 1")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[:2] for r in rows] == [["| decode_steps=1", "700"], ["| decode_steps=4", "1,050"]]
+    assert "The same servers at concurrency" not in report(met_state())
+
+
 def test_report_breaks_the_engines_memory_down_by_stage():
     state = met_state()
     mib = 2**20

@@ -1,14 +1,17 @@
-# A short A/B of decode_steps at 64 streams (about 5 min on one H200: the build took 143 s): a small fresh build (decode bucket 64 only,
-# prefill bucket 128, 512 positions: fewer compiles and captures), then the stream phase with decode_steps 4 and 1,
-# each a fresh server, client/generate.py for SWEEP_S seconds. Not a run of record: the buckets are not the preset's.
+# The A/B of decode_steps (about 8 min on one H200): a fresh build with the preset's buckets while generate's GPU
+# tests share the GPU, then the stream phase: one fresh server per DS_VARIANTS value, client/generate.py at
+# concurrency 1 and then 64 on each, SWEEP_S seconds each. The build stays for the next call (within 30 s).
 source bench/gpu/env.sh
-export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-ds
-tmo 150 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate GEN_DECODE_BUCKETS=64 \
-  GEN_PREFILL_BUCKETS=128 GEN_CONTEXT=512 > "$LOG/ds_build.log" 2>&1; el small build rc=$?
-# Not through `make bench-generate`, which would rebuild with the preset's buckets; the repo goes on PYTHONPATH
-# as make puts it (client/generate.py imports llmprofiles: without it the first run of this script lost its clients).
-PYTHONPATH=$PWD:$PYTHONPATH tmo 170 python3 -m bench.generate_bench --model gemma-3-1b --device cuda --phase stream --state bench/tmp/ds-state.json \
-  --out-dir bench/tmp/ds --server-pythonpath /tmp/np1 --stream-intervals none --stream-variant decode_steps=4 \
-  --stream-variant decode_steps=1 --stream-concurrency 64 --sweep-seconds ${SWEEP_S:-8} --port-base 18900 \
-  > "$LOG/ds_stream.log" 2>&1; el stream phase rc=$?
-finish
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
+rm -f bench/tmp/tests.done
+(export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-tests
+ tmo 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py tests/test_decode_attention.py \
+   > "$LOG/gpu_tests_generate.log" 2>&1; el generate GPU tests rc=$?; touch bench/tmp/tests.done) & P0=$!
+tmo 330 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build.log" 2>&1
+el generate build rc=$?
+wait_for bench/tmp/tests.done
+VS=$(for k in ${DS_VARIANTS:-1 2 4 8}; do printf -- '--stream-variant decode_steps=%s ' "$k"; done)
+tmo 400 make bench-generate PY=python3 BENCH_ARGS="--phase stream --state bench/tmp/ds-state.json --out-dir bench/tmp/ds \
+  --server-pythonpath /tmp/np1 --stream-intervals none $VS --stream-concurrency 64 --stream-also 1 \
+  --sweep-seconds ${SWEEP_S:-8} --port-base 18900" > "$LOG/ds_stream.log" 2>&1; el stream phase rc=$?
+wait $P0; finish
