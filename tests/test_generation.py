@@ -773,6 +773,27 @@ def test_several_decode_steps_per_iteration_give_the_same_tokens_and_responses(h
     assert launched <= sum(n - 1 for n in lengths[:3]) + at + 2 * steps
 
 
+def test_with_several_decode_steps_a_first_token_leaves_once_the_iterations_first_step_is_queued(hf):
+    """A prompt's first token is sent after its iteration's first decode step is launched, not after the last:
+    TTFT does not grow with decode_steps (it did: 13.1 ms at 64 streams with one step, 43.8 with four)."""
+    engine = make_engine(hf)
+    calls, outs = [], []
+    real_decode = engine.decode
+
+    def decode(slots, tokens, positions):
+        calls.append(sum(len(o.ids) for o in outs))
+        return real_decode(slots, tokens, positions)
+
+    engine.decode = decode
+    sched = Scheduler(engine, _NullTok(), outs.append, overlap=True, decode_steps=3)
+    sched.submit(GenerateRequest(prompts(6)[0], max_tokens=8, min_tokens=8, stream=True))
+    run(sched)
+    # Tokens sent before each launch: the first token after the first step of its iteration (else 0, 0, 0), and an
+    # iteration's three steps are taken after the next iteration's are launched (overlap).
+    assert calls == [0, 1, 1, 1, 1, 1, 4]
+    assert sum(len(o.ids) for o in outs) == 8 and engine.pool.used == 0
+
+
 def test_decode_steps_must_be_positive(hf):
     with pytest.raises(ValueError, match="decode_steps 0 must be >= 1"):
         Scheduler(make_engine(hf), _NullTok(), lambda o: None, decode_steps=0)

@@ -143,6 +143,26 @@ def test_several_decode_steps_per_iteration_give_the_seeded_tokens_and_never_wai
     assert serve(3, check_sync=True) == one and [len(t) for t in one] == [5, 8, 11, 14]
 
 
+def test_steps_of_one_profile_queue_behind_the_gpu_until_the_ring_of_host_buffers_is_full(graphed):
+    """A step's inputs reach the GPU from a pinned host buffer that is rewritten only once its copy is done. With
+    one buffer per profile, an iteration's second decode step waited for the GPU to reach the first
+    (decode_steps 4 on the H200, 2026-11-30: the engine call took 0.98 ms per step against 0.45 with one step).
+    HOST_RING steps of one profile queue without waiting; the next one waits for the oldest copy."""
+    from llmprofiles.generation.engine import HOST_RING
+
+    graphed.decode([0], [5], [3])
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU clock cycles ahead of the steps
+    asleep = torch.cuda.Event()
+    asleep.record()
+    for _ in range(HOST_RING):
+        graphed.decode([0], [5], [3])
+    queued = not asleep.query()  # the host launched them all while the GPU still slept
+    graphed.decode([0], [5], [3])  # rewrites the first buffer: waits for its copy, queued after the sleep
+    assert queued and asleep.query()
+    torch.cuda.synchronize()
+
+
 class _Tok:
     def decode(self, ids, skip_special_tokens=True):
         return ""

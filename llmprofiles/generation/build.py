@@ -45,11 +45,13 @@ STREAM_INTERVAL = 1
 # going; the ITL per token follows the step. One stream sends one response per step (the first send of a step
 # always goes), so every token still leaves as it is made.
 SEND_BUDGET_MS = 0.5
-# Decode steps the scheduler launches per iteration before it takes their tokens (Scheduler.decode_steps). 1 by
-# default: more is meant for many streams, where the host's work per iteration (about 3.8 ms at 64 streams on the
-# H200 against a 1.7 ms GPU step, session 12) would then be paid once per that many tokens of each row, and a
-# response carries that many tokens at least. Not measured on a GPU yet.
-DECODE_STEPS = 1
+# Decode steps the scheduler launches per iteration before it takes their tokens (Scheduler.decode_steps), on a
+# GPU; a CPU runs each step before the host goes on, so one. On the H200 at 64 streams, side by side in one call
+# (2026-11-30, session 13, bench/results/2026-11-30-session13-decode-steps/): 16,521 tokens/s with 1, 19,614 with 2,
+# 17,021 with 4, 14,310 with 8; TTFT p50 13.1, 21.6, 43.8, 92.0 ms (a prompt's first token is taken with its
+# iteration's steps). At one stream ITL p50 1.32 ms for each. That run's steps after an iteration's first waited
+# for the GPU (one pinned input buffer per profile; now a ring of them), so 4 and 8 may do better now.
+DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
 # from the cache it kept 1.27-1.31), but the served steps of two fresh builds replayed in 1.93 and 1.52 ms
@@ -99,7 +101,7 @@ parameters [
   {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }},
   {{ key: "stream_interval", value: {{ string_value: "{STREAM_INTERVAL}" }} }},
   {{ key: "send_budget_ms", value: {{ string_value: "{SEND_BUDGET_MS}" }} }},
-  {{ key: "decode_steps", value: {{ string_value: "{DECODE_STEPS}" }} }}
+  {{ key: "decode_steps", value: {{ string_value: "{DECODE_STEPS[device.type]}" }} }}
 ]
 """)
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
 MODEL_CONFIG = "model_config.json"
+HOST_RING = 4  # pinned input buffers per step profile on CUDA: how many of its steps may be queued at once
 
 
 class StepInputs:
@@ -102,13 +103,18 @@ class GenerationEngine:
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         self.kv_lengths = kv_buckets(spec.max_context)
-        self.host = [StepInputs(b, s, torch.device("cpu"), pin=on_cuda) for b, s in self.step_shapes]
+        # A ring of pinned host buffers per profile: a buffer is rewritten only once its copy to the device is
+        # done, so with one buffer the host waited for the GPU to reach the profile's last step, and could not
+        # launch the next decode step of an iteration (decode_steps > 1) before the one before had started.
+        self.host = [[StepInputs(b, s, torch.device("cpu"), pin=on_cuda) for _ in range(HOST_RING if on_cuda else 1)]
+                     for b, s in self.step_shapes]
+        self._turn = [0] * len(self.step_shapes)  # per profile: the ring's next buffer
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, StepInputs, torch.Tensor]] = {}
         self.graph_pool = None
         self.capture_stream = None  # one for every capture: each stream holds its own cuBLAS workspace
         self.graph_out: dict[int, torch.Tensor] = {}  # per profile: the logits its graphs write, whatever kv_len
         self._selected: dict[tuple[int, int], int] = {}
-        self._copied: dict[int, torch.cuda.Event] = {}  # profile -> the copy out of its pinned host buffer
+        self._copied: dict[tuple[int, int], torch.cuda.Event] = {}  # (profile, buffer) -> its copy to the device
 
     # --- profile choice --------------------------------------------------------
 
@@ -155,16 +161,19 @@ class GenerationEngine:
             raise SelectionError(f"token id {bad} is out of range [0, {self.vocab_size - 1}]")
 
     def _host_inputs(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int]) -> StepInputs:
-        """The profile's padded inputs, written into its (pinned, reused) host buffer.
+        """The profile's padded inputs, written into the next (pinned, reused) host buffer of its ring.
 
         Through numpy views of the buffer: a dozen small torch ops cost ~0.4 ms per step on the CPU
         machine, the step's whole host share on the GPU (bench/NOTES.md, session 6).
         """
         _, seq = self.step_shapes[index]
         scratch, ctx, n = self.pool.scratch, self.spec.max_context, len(rows)
-        if index in self._copied:  # the last copy out of this buffer must be done before it is rewritten
-            self._copied.pop(index).synchronize()
-        x = self.host[index]
+        ring = self.host[index]
+        turn = self._turn[index]
+        self._turn[index] = (turn + 1) % len(ring)
+        if (index, turn) in self._copied:  # the last copy out of this buffer must be done before it is rewritten
+            self._copied.pop((index, turn)).synchronize()
+        x = ring[turn]
         a = x.np
         tokens, positions = a["tokens"], a["positions"]
         tokens.fill(0)
@@ -196,9 +205,7 @@ class GenerationEngine:
         needed = max(s + len(r) for r, s in zip(rows, starts))
         if self.cuda_graphs:
             graph, buffers, out = self._graph(*self.graph_key(index, needed))
-            buffers.fill(host)
-            self._copied[index] = torch.cuda.Event()
-            self._copied[index].record()
+            self._copy(index, host, buffers)
             if device_tokens is not None:
                 buffers.tokens[:n, 0].copy_(device_tokens, non_blocking=True)
             graph.replay()
@@ -208,11 +215,19 @@ class GenerationEngine:
         x = host
         if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
             x = StepInputs(*self.step_shapes[index], self.device)
-            x.fill(host)
+            self._copy(index, host, x)
         if device_tokens is not None:
             x.tokens[:n, 0] = device_tokens
         with torch.inference_mode():
             return self._forward(x, needed)[:n]
+
+    def _copy(self, index: int, host: StepInputs, to: StepInputs) -> None:
+        """Queue the copy of ``host`` (the buffer :meth:`_host_inputs` just filled) into ``to`` on the device."""
+        to.fill(host)
+        if host.data.is_pinned():  # the copy is asynchronous: the buffer is rewritten after this event only
+            used = (self._turn[index] - 1) % len(self.host[index])
+            self._copied[index, used] = event = torch.cuda.Event()
+            event.record()
 
     def graph_key(self, index: int, needed: int) -> tuple[int, int]:
         """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions.

@@ -412,6 +412,7 @@ class Scheduler:
         batch = self.engine.spec.max_batch
         spent, clock = self._spent, time.perf_counter
         launched: list[Flight] = []
+        firsts: list[Flight] = []
         for sub in range(self.decode_steps):
             if sub and self._prefilling:  # its first token is taken with this iteration's steps, not waited for now
                 t0, emitted = clock(), spent["emit"]
@@ -420,18 +421,29 @@ class Scheduler:
             going = [s for s in self._running if len(s.generated) + s.in_flight < s.request.max_tokens]
             for start in range(0, len(going), batch):
                 launched.append(self._launch(going[start:start + batch], self._flights + launched))
+            if not sub and self.overlap and self.decode_steps > 1:
+                # First tokens go out once the GPU has the iteration's first step, not after its last one: a
+                # prompt's TTFT does not grow with decode_steps.
+                firsts = [f for f in self._flights if f.first]
+                for flight in firsts:
+                    self._land(flight)
         previous, self._flights = (self._flights, launched) if self.overlap else (self._flights + launched, [])
         for flight in previous:
-            t0 = time.perf_counter()
-            values = flight.values()
-            self._spent["wait"] += time.perf_counter() - t0
-            for s in flight.group:
-                s.in_flight -= 1
-            running = {id(s) for s in self._running}
-            live = [(s, t) for s, t in zip(flight.group, values) if id(s) in running]  # ended ones: dropped
-            if live:
-                self._take([s for s, _ in live], [t for _, t in live], first=flight.first)
+            if not any(flight is f for f in firsts):
+                self._land(flight)
         self._send_due()
+
+    def _land(self, flight: Flight) -> None:
+        """Take a launched step's tokens: the host waits for them, then does its part for the rows still running."""
+        t0 = time.perf_counter()
+        values = flight.values()
+        self._spent["wait"] += time.perf_counter() - t0
+        for s in flight.group:
+            s.in_flight -= 1
+        running = {id(s) for s in self._running}
+        live = [(s, t) for s, t in zip(flight.group, values) if id(s) in running]  # ended ones: dropped
+        if live:
+            self._take([s for s, _ in live], [t for _, t in live], first=flight.first)
 
     def _launch(self, group: list[Sequence], flights: list[Flight]) -> Flight:
         """Enqueue one decode step of ``group`` and its sampling; its tokens stay on the device (``flights``:
