@@ -2,10 +2,10 @@
 # client/generate.py and perf_analyzer, the scheduler thread's time per step), then the stream phase's A/B at
 # concurrency 64 (a fresh server per variant: STREAM_VARIANTS, each a --stream-variant); nothing else runs on the host.
 source bench/gpu/env.sh
-# The defaults are send_budget_ms 0.5 and cancel_check_ms 20 (session 12's A/B moved both at once): each variant
-# puts one back to its old value, which splits that A/B.
-VARIANTS=${STREAM_VARIANTS:-"cancel_check_ms=5 send_budget_ms=2"}
+# decode_steps is 2 by default on a GPU (session 13's A/B, before the ring of input buffers): each variant one side
+# of it, at concurrency 1 and then 64 on the same server.
+VARIANTS=${STREAM_VARIANTS:-"decode_steps=1 decode_steps=4"}
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
  tmo 300 make bench-generate PY=python3 BENCH_ARGS="--phase triton --state $GEN_STATE --server-pythonpath /tmp/np1 --perf-analyzer /tmp/site/bin/perf_analyzer --sweep-seconds 15 --perf-interval-ms 5000 --port-base 18800" > "$LOG/gen_triton.log" 2>&1; el generate triton phase rc=$?
- tmo 230 make bench-generate PY=python3 BENCH_ARGS="--phase stream --state $GEN_STATE --server-pythonpath /tmp/np1 --stream-intervals none $(for v in $VARIANTS; do printf -- '--stream-variant %s ' "$v"; done) --sweep-seconds 15 --port-base 18900" > "$LOG/gen_stream.log" 2>&1; el generate stream phase rc=$?) & P1=$!
+ tmo 230 make bench-generate PY=python3 BENCH_ARGS="--phase stream --state $GEN_STATE --server-pythonpath /tmp/np1 --stream-intervals none --stream-also 1 $(for v in $VARIANTS; do printf -- '--stream-variant %s ' "$v"; done) --sweep-seconds 15 --port-base 18900" > "$LOG/gen_stream.log" 2>&1; el generate stream phase rc=$?) & P1=$!
 wait $P1; finish
