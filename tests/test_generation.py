@@ -579,6 +579,35 @@ def test_step_inputs_are_the_padded_rows_and_padding_writes_the_scratch_slot(hf,
         assert torch.equal(getattr(x, name), value), name
 
 
+def test_a_prompts_first_chunk_attending_only_to_itself_gives_the_pool_path_logits_pool_and_tokens(hf, reference):
+    """fresh_prefill: a prompt's first chunk skips reading the pool back (causal attention over its own keys); its
+    logits and the keys and values it writes equal the pool path's, and a prompt longer than the largest bucket
+    goes on through the pool from its second chunk."""
+    def engine(fresh):
+        shape = ModelShape.from_config(hf.config.to_dict())
+        return GenerationEngine(shape, fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()}), SPEC,
+                                "cpu", fresh_prefill=fresh)
+
+    fresh, pooled = engine(True), engine(False)
+    lengths = []
+    real = fresh.forward.forward
+    fresh.forward.forward = lambda *a: (lengths.append(a[-1]), real(*a))[1]
+    for slot, (p, start) in enumerate([(prompts(5)[0], 0), (prompts(16)[0], 0), (prompts(7)[0], 16)]):
+        if start:  # a later chunk of the prompt in slot 1: through the pool, after the fresh first one
+            slot = 1
+        got, want = fresh.prefill(slot, p, start)[0], pooled.prefill(slot, p, start)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert lengths == [0, 0, 23]  # the third, from position 16, read the pool (its 23 positions)
+    for a, b in ((fresh.forward.k_pool, pooled.forward.k_pool), (fresh.forward.v_pool, pooled.forward.v_pool)):
+        torch.testing.assert_close(a[:, :2, :23], b[:, :2, :23], rtol=1e-5, atol=1e-5)
+    outs = []
+    sched = Scheduler(fresh, _NullTok(), outs.append)
+    p = prompts(30)[0]
+    sched.submit(GenerateRequest(p, max_tokens=6, min_tokens=6))
+    run(sched)
+    assert [t for o in outs for t in o.ids] == reference(p, 6)
+
+
 def test_bad_step_inputs_name_the_value_and_the_range(hf):
     engine = make_engine(hf)
     with pytest.raises(SelectionError, match=r"slot 3 is out of range \[0, 2\]"):

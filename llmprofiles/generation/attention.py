@@ -210,3 +210,18 @@ def decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_poo
 @decode_attention_op.register_fake
 def _(q, k, v, k_pool, v_pool, layer, slots, positions, write_slots, write_pos, scale, window):
     return q.new_empty(q.shape[0], q.shape[1], 1, q.shape[3])
+
+
+@torch.library.custom_op("llmprofiles::write_kv", mutates_args=("k_pool", "v_pool"))
+def write_kv_op(k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, layer: int,
+                write_slots: torch.Tensor, write_pos: torch.Tensor) -> None:
+    """Write a step's keys and values ``[B, S, kvh, D]`` into layer ``layer`` of the whole pools at
+    ``(write_slots, write_pos)`` ``[B, S]``: one operator that a compiled step keeps whole, writing in place (the
+    pools declared mutated, as :func:`decode_attention_op`'s)."""
+    k_pool[layer][write_slots, write_pos] = k
+    v_pool[layer][write_slots, write_pos] = v
+
+
+@write_kv_op.register_fake
+def _(k, v, k_pool, v_pool, layer, write_slots, write_pos):
+    return None

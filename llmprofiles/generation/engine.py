@@ -88,7 +88,7 @@ class GenerationEngine:
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
                  device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None,
-                 decode_kernel: bool | None = None, pdl: bool = False):
+                 decode_kernel: bool | None = None, pdl: bool = False, fresh_prefill: bool = False):
         self.shape, self.spec, self.device = shape, spec, torch.device(device)
         self.profiles = spec.profiles()
         self.vocab_size = shape.vocab_size
@@ -97,7 +97,7 @@ class GenerationEngine:
         k_pool, v_pool = allocate_pool(shape.num_layers, spec.slots, spec.max_context, shape.num_kv_heads,
                                        shape.head_dim, self.dtype, self.device)
         self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile,
-                                 decode_kernel=decode_kernel, pdl=pdl)
+                                 decode_kernel=decode_kernel, pdl=pdl, fresh_prefill=fresh_prefill)
         self.pool = SlotPool(spec.slots)
         self.kv_bytes = kv_pool_bytes(shape, spec.slots, spec.max_context, self.dtype)
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
@@ -203,6 +203,8 @@ class GenerationEngine:
         host = self._host_inputs(index, rows, slots, starts)
         n = len(rows)
         needed = max(s + len(r) for r, s in zip(rows, starts))
+        if self.fresh_chunk(index, starts):
+            needed = 0  # the chunk attends only to itself (KVForward.fresh_prefill)
         if self.cuda_graphs:
             graph, buffers, out = self._graph(*self.graph_key(index, needed))
             self._copy(index, host, buffers)
@@ -229,14 +231,25 @@ class GenerationEngine:
             self._copied[index, used] = event = torch.cuda.Event()
             event.record()
 
+    def fresh_chunk(self, index: int, starts: list[int]) -> bool:
+        """Whether a prefill step of profile ``index`` from ``starts`` is a prompt's first chunk that attends only
+        to itself: with ``fresh_prefill``, from position 0, and no longer than the sliding window (local layers
+        then see the whole chunk, as global ones do)."""
+        seq = self.step_shapes[index][1]
+        return (self.forward.fresh and seq > 1 and max(starts) == 0
+                and (seq <= self.shape.sliding_window or not any(self.shape.layer_sliding)))
+
     def graph_key(self, index: int, needed: int) -> tuple[int, int]:
-        """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions.
+        """``(profile, attention length)`` of the graph that runs a step reading ``needed`` pool positions
+        (0: a prompt's first chunk, which reads none, :meth:`fresh_chunk`).
 
         A decode step compiled whole reads each row's own context, whatever the length: one graph per decode
         bucket serves them all (keyed by the whole context).
         """
         if self.step_shapes[index][1] == 1 and self.forward.decode_kernel and self.forward.whole_decode:
             return index, self.kv_lengths[-1]
+        if needed == 0:
+            return index, 0
         return index, next(k for k in self.kv_lengths if k >= needed)
 
     def _forward(self, x: StepInputs, kv_len: int) -> torch.Tensor:
@@ -283,7 +296,10 @@ class GenerationEngine:
         for i, (batch, seq) in enumerate(self.step_shapes):
             t0 = time.perf_counter()
             if self.cuda_graphs:
-                for key in sorted({self.graph_key(i, kv_len) for kv_len in self.kv_lengths if kv_len >= seq}):
+                lengths = [kv_len for kv_len in self.kv_lengths if kv_len >= seq]
+                if self.fresh_chunk(i, [0]):
+                    lengths.append(0)
+                for key in sorted({self.graph_key(i, kv_len) for kv_len in lengths}):
                     graph, buffers, _ = self._graph(*key)
                     graph.replay()
                 torch.cuda.synchronize(self.device)

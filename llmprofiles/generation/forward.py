@@ -201,7 +201,7 @@ class KVForward(torch.nn.Module):
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
                  compile: bool = False, decode_kernel: bool | None = None, whole_decode: bool | None = None,
-                 pdl: bool = False):
+                 pdl: bool = False, fresh_prefill: bool = False):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -224,11 +224,14 @@ class KVForward(torch.nn.Module):
         # A kernel decode step compiled whole (see decode_step); else layer by layer.
         self.whole_decode = compile if whole_decode is None else whole_decode
         self.compiled = compile
-        self.decode_b1, self.decode_batch = self._decode_b1, self._decode_batch
+        # A prompt's first chunk attends only to itself (see fresh_prefill), compiled whole once for every length.
+        self.fresh = fresh_prefill
+        self.decode_b1, self.decode_batch, self.prefill_fresh = self._decode_b1, self._decode_batch, self.fresh_prefill
         if compile:
             options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
             self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=options)
             self.decode_batch = torch.compile(self._decode_batch, fullgraph=True)
+            self.prefill_fresh = torch.compile(self.fresh_prefill, fullgraph=True, dynamic=True)
 
     def rotary(self, layer: int, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq[layer]
@@ -268,6 +271,24 @@ class KVForward(torch.nn.Module):
             x = out_mlp(attn, x, *self.after_attention(i), eps, gemv)
         return self.logits(x[:, 0])
 
+    def fresh_prefill(self, tokens: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,
+                      write_pos: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """A prompt's first chunk (positions ``0..S-1``, no context before it, ``S`` within the sliding window),
+        written to be compiled whole: each layer writes the chunk's keys and values into the pool and attends
+        to them directly (causal scaled-dot-product attention), without reading the pool back. The padding after
+        the prompt is only seen by padding. Logits of token ``last[b]`` of each row, as :meth:`forward`'s.
+        """
+        s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
+        x = F.embedding(tokens, w["embed"]) * self.embed_scale
+        for i, (cos, sin) in enumerate(self.rotaries(positions, x.dtype)):
+            q, k, v = qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
+                               cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim)
+            attention.write_kv_op(k, v, self.k_pool, self.v_pool, i, write_slots, write_pos)
+            attn = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                                  scale=self.scale, enable_gqa=True)
+            x = out_mlp(attn, x, *self.after_attention(i), eps)
+        return self.logits(x[torch.arange(x.shape[0], device=x.device), last])
+
     def _decode_b1(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batch 1 alone: decode_b1
         return self.decode_step(*inputs, gemv=WHOLE_B1_GEMV)
 
@@ -284,6 +305,9 @@ class KVForward(torch.nn.Module):
                 write_slots: torch.Tensor, write_pos: torch.Tensor, last: torch.Tensor, kv_len: int) -> torch.Tensor:
         """Logits ``[batch, vocab]`` of token ``last[b]`` of each row.
 
+        ``kv_len`` 0: a prompt's first chunk that attends only to itself (:meth:`fresh_prefill`; with
+        ``fresh_prefill``).
+
         tokens, positions ``[B, S]``; token ``(b, t)`` writes its keys and values at
         ``(write_slots[b, t], write_pos[b, t])`` of the pool, and row ``b`` attends to the first
         ``kv_len`` positions of pool slot ``slots[b]``, causally and (on local layers) inside the
@@ -292,6 +316,10 @@ class KVForward(torch.nn.Module):
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         B, S = tokens.shape
+        if kv_len == 0:
+            if not self.fresh:
+                raise ValueError("attention length 0 (a chunk that attends only to itself) needs fresh_prefill")
+            return self.prefill_fresh(tokens, positions, write_slots, write_pos, last)
         kernel = self.decode_kernel and S == 1
         if kernel and self.whole_decode:
             if B == 1:
