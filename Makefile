@@ -37,7 +37,8 @@ SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE) $(if $(TUNE_RUNS),--tune-runs $(TUNE_RUNS))
 GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
-	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS)) $(if $(GEN_PDL),--decode-pdl)
+	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS)) $(if $(GEN_PDL),--decode-pdl) \
+	$(if $(GEN_FRESH_PREFILL),--fresh-prefill)
 
 .PHONY: help setup build serve demo test bench bench-decode bench-generate check-tensorrt clean
 

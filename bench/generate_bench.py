@@ -1163,7 +1163,8 @@ def report(state: dict) -> str:
              f"{spec.get('prefill_buckets')}; {PROMPT_LEN}-token prompts, {OUTPUT_TOKENS} output tokens "
              "(min_tokens = max_tokens)",
              f"- built with decode attention {(m.get('decode_attention') or {}).get('use', 'not checked')}; "
-             f"programmatic dependent launch in the batch-1 decode step: {m.get('decode_pdl', 'not probed')}",
+             f"programmatic dependent launch in the batch-1 decode step: {m.get('decode_pdl', 'not probed')}; "
+             f"a prompt's first chunk attending only to itself: {m.get('fresh_prefill', False)}",
              "- commands, by phase:", *(f"  - {p}: {how_run(state, p)}" for p in state.get("commands", {})), ""]
     if state.get("server_pythonpath"):
         lines.insert(4, f"- the server's backend stub imports `{state['server_pythonpath']}` first (numpy < 2 for BYTES outputs), through a venv over the serving Python (STUB_PYTHON)")

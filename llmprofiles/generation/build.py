@@ -58,6 +58,13 @@ DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # (`make bench-generate`'s engine phase; H200, session 12): with coordinate descent, PDL compiles differ widely from
 # one to the next, as llm's did (0.99 against 1.48 ms), where llm keeps the best of several. Not done here yet.
 DECODE_PDL = False
+# A prompt's first chunk attending only to itself, compiled whole (--fresh-prefill; KVForward.fresh_prefill), off by
+# default. Side by side on the H200 (bench/probes/prefill_step.py, random weights, session 13,
+# results/2026-11-30-session13-prefill/): prefill_128's engine call 2.03 ms against 2.70 through the pool (graph
+# replay 1.95 / 2.45), prefill_64 1.94 / 2.40, prefill_512 3.50 / 3.98; logits within 0.009 of the pool path's in
+# fp16. Its compile adds about 80 s to a build. Not yet measured served: at 64 streams a prompt is admitted about
+# every other decode step, so it would take about 0.3 ms off a 3.0 ms step.
+FRESH_PREFILL = False
 CODE = ["generation/build.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -117,14 +124,15 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, model_dir: Path,
-                   max_queue: int, force: bool = False, decode_pdl: bool = False) -> dict:
+                   max_queue: int, force: bool = False, decode_pdl: bool = False, fresh_prefill: bool = False) -> dict:
     """Build into ``model_dir``. ``decode_pdl``: compile the batch-1 decode step with programmatic dependent launch
-    where its probe passes (off by default: see DECODE_PDL)."""
+    where its probe passes (off by default: see DECODE_PDL). ``fresh_prefill``: a prompt's first chunk attends
+    only to itself, compiled whole, on CUDA (off by default: see FRESH_PREFILL)."""
     device_t = torch.device(device)
     version_dir = model_dir / "1"
     pkg = Path(__file__).parents[1]
     inputs = {"source": source_fingerprint(source), "generation": spec.to_dict(), "device": device_t.type,
-              "dtype": dtype, "decode_pdl": decode_pdl, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
+              "dtype": dtype, "decode_pdl": decode_pdl, "fresh_prefill": fresh_prefill, "code": sha256_json({f: sha256_file(pkg / f) for f in CODE}),
               "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
     inputs_hash = sha256_json(inputs)
     old = None if force else built_already(version_dir, inputs_hash)
@@ -163,6 +171,7 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
             with step("probe programmatic dependent launch (the batch-1 decode step uses it where it works)"):
                 fields["decode_pdl"] = bool(torch.cuda.get_device_capability(device_t)[0] >= 9 and pdl_works(device_t))
         print(f"{model_dir.name}: decode PDL: {fields['decode_pdl']}")
+        fields["fresh_prefill"] = fresh_prefill
     manifest = write_manifest(version_dir, fields, [MODEL_CONFIG, WEIGHTS, *files])
     write_triton_config(model_dir, device_t, max_queue)
     print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
     p.add_argument("--decode-pdl", action=argparse.BooleanOptionalAction, default=DECODE_PDL,
                    help="batch-1 decode step with programmatic dependent launch (CUDA, compute capability 9+)")
+    p.add_argument("--fresh-prefill", action=argparse.BooleanOptionalAction, default=FRESH_PREFILL,
+                   help="a prompt's first chunk attends only to itself, compiled whole (CUDA)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dtype = a.dtype if a.dtype != "auto" else ("float16" if a.device == "cuda" else "float32")
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     max_queue = a.max_queue if a.max_queue is not None else 4 * spec.slots
     if max_queue < 0:
         raise SystemExit(f"--max-queue {max_queue} must be >= 0")
-    build_generate(a.model, spec, a.device, dtype, a.out, max_queue, a.force, a.decode_pdl)
+    build_generate(a.model, spec, a.device, dtype, a.out, max_queue, a.force, a.decode_pdl, a.fresh_prefill)
 
 
 if __name__ == "__main__":

@@ -380,7 +380,8 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     checked = manifest.get("decode_attention", {}).get("use") if device.type == "cuda" else None
     engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device,
                               decode_kernel=None if checked is None else checked == "kernel",
-                              pdl=device.type == "cuda" and manifest.get("decode_pdl", False))
+                              pdl=device.type == "cuda" and manifest.get("decode_pdl", False),
+                              fresh_prefill=device.type == "cuda" and manifest.get("fresh_prefill", False))
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",
              len(engine.profiles), list(engine.profiles.names), spec.slots, spec.max_context,
              engine.kv_bytes / 2**20, device)
