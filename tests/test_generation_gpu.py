@@ -83,6 +83,19 @@ def test_programmatic_dependent_launch_gives_the_eager_tokens(hf):
         assert greedy(pdl, [prompt], 12) == greedy(eager, [prompt], 12)
 
 
+def test_a_prompts_first_chunk_compiled_whole_gives_the_eager_tokens_and_is_captured_at_warm_up(hf):
+    """fresh_prefill (make build GEN_FRESH_PREFILL=1): each prefill bucket has a graph of a first chunk that attends
+    only to itself (attention length 0), captured at warm-up; a 70-token prompt goes on through the pool from its
+    second chunk. The tokens equal the eager pool path's."""
+    fresh = engine(hf, fresh_prefill=True)
+    fresh.warm_up()
+    assert {(i, 0) for i, (b, s) in enumerate(fresh.step_shapes) if s > 1} <= set(fresh.graphs)
+    graphs = len(fresh.graphs)
+    eager = engine(hf, cuda_graphs=False, compile=False)
+    assert greedy(fresh, PROMPTS, 12) == greedy(eager, PROMPTS, 12)
+    assert len(fresh.graphs) == graphs  # nothing captured at request time
+
+
 def test_no_compile_and_no_capture_at_request_time(graphed):
     from torch._dynamo.utils import counters
 

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
 MODEL_CONFIG = "model_config.json"
-HOST_RING = 4  # pinned input buffers per step profile on CUDA: how many of its steps may be queued at once
+# Pinned input buffers per step profile on CUDA: how many of its steps may be queued at once (a scheduler iteration
+# launches decode_steps of them; more than this and the next one waits for the GPU to start the oldest).
+HOST_RING = 4
 
 
 class StepInputs:
