@@ -429,18 +429,21 @@ def test_incremental_text_matches_whole_decode_with_multibyte_characters(tokeniz
     assert not any("\ufffd" in p for p in pieces)
 
 
-def test_batched_detokenizing_gives_each_stream_its_own_text(tokenizer):
-    from llmprofiles.generation.detokenizer import add_each
-
-    texts = ["héllo wörld", "日本語 ✓ x", "def f(): pass"]
-    ids = [tokenizer.encode(t) for t in texts]
-    one = [IncrementalDetokenizer(tokenizer, i[:1]) for i in ids]
-    many = [IncrementalDetokenizer(tokenizer, i[:1]) for i in ids]
-    for step in range(1, max(map(len, ids))):
-        live = [k for k in range(3) if step < len(ids[k])]
-        expected = [one[k].add([ids[k][step]]) for k in live]
-        assert add_each([many[k] for k in live], [ids[k][step] for k in live]) == expected
-    assert ["".join(x) for x in ([d.flush()] for d in many)] == [d.flush() for d in one]
+def test_tokens_fed_then_decoded_together_give_the_text_of_decoding_each(tokenizer):
+    """The scheduler feeds each step's token and makes a response's text when it sends (several tokens at once under
+    a send budget): the pieces differ, their concatenation does not, and no piece ends mid-character."""
+    for text in ["héllo wörld", "日本語 ✓ x", "def f(): pass"]:
+        ids = tokenizer.encode(text)
+        one, many = IncrementalDetokenizer(tokenizer, ids[:1]), IncrementalDetokenizer(tokenizer, ids[:1])
+        each = [one.add([i]) for i in ids[1:]] + [one.flush()]
+        pieces = []
+        for n, i in enumerate(ids[1:], 1):
+            many.feed(i)
+            if n % 3 == 0:
+                pieces.append(many.text())
+        pieces.append(many.text(final=True))
+        assert "".join(pieces) == "".join(each) == text[len(tokenizer.decode(ids[:1])):]
+        assert not any("\ufffd" in p for p in pieces)
 
 
 # --- request checks ----------------------------------------------------------------------------
@@ -753,6 +756,29 @@ def test_a_send_budget_holds_tokens_back_under_load_and_loses_none(hf):
         assert sizes(budgeted, r)[0] == 1  # the first token always leaves alone, at once
         assert max(sizes(budgeted, r)) == 2 and len(sizes(budgeted, r)) >= 5  # grouped, and served every other step
     assert len(budgeted) < len(plain)
+
+
+def test_a_response_carrying_several_tokens_carries_their_text_and_every_stream_its_whole_text(hf, tokenizer):
+    """Text is made when a response is sent: under a send budget a response carries several steps' tokens and
+    their text; each stream's texts join into the decode of its ids, whatever the grouping."""
+    engine = make_engine(hf)
+    outs = []
+
+    def emit(out):
+        outs.append(out)
+        if not out.final:
+            time.sleep(0.002)
+
+    sched = Scheduler(engine, tokenizer, emit, send_budget_s=0.003)
+    reqs = [GenerateRequest(p, max_tokens=12, min_tokens=12, stream=True) for p in prompts(5, 7, 6)]
+    for r in reqs:
+        sched.submit(r)
+    run(sched)
+    for r in reqs:
+        mine = [o for o in outs if o.request is r]
+        ids = [t for o in mine for t in o.ids]
+        assert len(ids) == 12 and "".join(o.text for o in mine) == tokenizer.decode(ids)
+    assert any(len(o.ids) > 1 and o.text for o in outs if not o.final)
 
 
 @pytest.mark.parametrize("overlap", [True, False])

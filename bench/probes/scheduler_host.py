@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,16 @@ class Parts(Observer):
             self.spent[k] += v
 
 
-def run(engine: InstantEngine, tokenizer: Tokenizer, streams: int, prompt_len: int, tokens: int) -> Parts:
+def run(engine: InstantEngine, tokenizer: Tokenizer, streams: int, prompt_len: int, tokens: int,
+        decode_steps: int = 1, send_budget_ms: float = 0.0, emit_ms: float = 0.0) -> Parts:
     parts = Parts()
-    sched = Scheduler(engine, tokenizer, lambda out: None, max_queue=streams, observer=parts, overlap=True)
+
+    def emit(out) -> None:  # a response's round trip through the server, as long as --emit-ms
+        if emit_ms:
+            time.sleep(emit_ms / 1e3)
+
+    sched = Scheduler(engine, tokenizer, emit, max_queue=streams, observer=parts, overlap=True,
+                      decode_steps=decode_steps, send_budget_s=send_budget_ms / 1e3)
     rng = np.random.default_rng(1)
     for _ in range(streams):
         prompt = rng.integers(4, engine.vocab_size, prompt_len).tolist()
@@ -82,23 +90,27 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128, help="output tokens per request")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one untimed); the median is printed")
     p.add_argument("--profile", action="store_true", help="also print the costliest functions of one round")
+    p.add_argument("--decode-steps", type=int, default=1, help="decode steps per iteration (config.pbtxt's)")
+    p.add_argument("--send-budget-ms", type=float, default=0.0, help="send budget per step (config.pbtxt's)")
+    p.add_argument("--emit-ms", type=float, default=0.0,
+                   help="each response's send, slept (0.34 ms per response through Triton on the H200, session 13)")
     a = p.parse_args()
     manifest = json.loads((a.version_dir / "manifest.json").read_text())
     tokenizer = Tokenizer(a.version_dir)
     config = json.loads((a.version_dir / "model_config.json").read_text())
     eos = config["eos_token_id"][0] if isinstance(config["eos_token_id"], list) else config["eos_token_id"]
     engine = InstantEngine(manifest["vocab_size"], eos, a.streams)
-    run(engine, tokenizer, a.streams, a.prompt_len, a.tokens)  # untimed
+    run(engine, tokenizer, a.streams, a.prompt_len, a.tokens, a.decode_steps, a.send_budget_ms, a.emit_ms)  # untimed
     rounds = []
     for _ in range(a.rounds):
-        parts = run(engine, tokenizer, a.streams, a.prompt_len, a.tokens)
+        parts = run(engine, tokenizer, a.streams, a.prompt_len, a.tokens, a.decode_steps, a.send_budget_ms, a.emit_ms)
         rounds.append(with_host({k: v * 1e3 / parts.steps for k, v in parts.spent.items()}))
     median = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
     print("ms per decode step (median of rounds): " + ", ".join(f"{k} {v:.3f}" for k, v in median.items()))
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(engine, tokenizer, a.streams, a.prompt_len, a.tokens)
+        run(engine, tokenizer, a.streams, a.prompt_len, a.tokens, a.decode_steps, a.send_budget_ms, a.emit_ms)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     print(json.dumps({"streams": a.streams, "ms_per_decode_step": median}))

@@ -32,6 +32,14 @@ class IncrementalDetokenizer:
         self.ids.extend(new_ids)
         return self._emit(final=False)
 
+    def feed(self, token: int) -> None:
+        """Take a token now and its text later (:meth:`text`): a response's tokens are decoded in one go."""
+        self.ids.append(token)
+
+    def text(self, final: bool = False) -> str:
+        """The text the tokens fed since the last call complete; ``final``: nothing held back (:meth:`flush`)."""
+        return self._emit(final)
+
     def flush(self) -> str:
         """What is still held back (an incomplete character at the very end comes out as U+FFFD)."""
         return self._emit(final=True)
@@ -53,20 +61,3 @@ class IncrementalDetokenizer:
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return delta
 
-
-def add_each(detoks: list[IncrementalDetokenizer], tokens: list[int]) -> list[str]:
-    """``detoks[i].add([tokens[i]])`` for a whole decode step, in one batched decode when the tokenizer has one.
-
-    Two decodes per sequence per token cost more host time than the GPU step at large batches.
-    """
-    if not detoks:
-        return []
-    tokenizer = detoks[0].tokenizer
-    if not hasattr(tokenizer, "decode_batch"):
-        return [d.add([t]) for d, t in zip(detoks, tokens)]
-    for d, t in zip(detoks, tokens):
-        d.ids.append(t)
-    windows = [d.windows() for d in detoks]
-    texts = tokenizer.decode_batch([w[0] for w in windows] + [w[1] for w in windows], skip_special_tokens=True)
-    n = len(detoks)
-    return [d.accept(texts[i], texts[n + i]) for i, d in enumerate(detoks)]

@@ -56,7 +56,7 @@ from typing import Any
 
 import torch
 
-from llmprofiles.generation.detokenizer import IncrementalDetokenizer, add_each
+from llmprofiles.generation.detokenizer import IncrementalDetokenizer
 from llmprofiles.generation.sampler import SamplingParams, device_ints, generator_for, sample_tensor
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,6 @@ class Sequence:
     prefilled: int = 0
     generated: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)  # not yet sent (stream=false sends at the end)
-    pending_text: str = ""
     output_tokens: int = 0  # generated tokens that are part of the output (an end token is not)
     prompt_sent: bool = False
     last_token_at: float = 0.0
@@ -492,7 +491,7 @@ class Scheduler:
         return torch.cat(pool)[device_ints(index, device)]
 
     def _take(self, group: list[Sequence], tokens: list[int], first: bool) -> None:
-        """The host's part of a step: end checks, detokenizing, responses, metrics."""
+        """The host's part of a step: end checks, responses, metrics."""
         now = time.perf_counter()
         if first:
             for s in group:
@@ -501,14 +500,11 @@ class Scheduler:
             self.observer.tokens([(now - s.last_token_at) * 1e3 for s in group])
         stops = [token == self._end_id(seq) and len(seq.generated) + 1 > seq.request.min_tokens
                  for seq, token in zip(group, tokens)]
-        # The end token itself is not part of the output; every other token is detokenized, in one batch.
-        kept = [(seq, token) for seq, token, stop in zip(group, tokens, stops) if not stop]
-        texts = add_each([seq.detok for seq, _ in kept], [token for _, token in kept])
-        for (seq, token), text in zip(kept, texts):
-            seq.output_tokens += 1
-            seq.pending_ids.append(token)
-            seq.pending_text += text
         for seq, token, stop in zip(group, tokens, stops):
+            if not stop:  # the end token itself is not part of the output; the text is made when it is sent
+                seq.output_tokens += 1
+                seq.pending_ids.append(token)
+                seq.detok.feed(token)
             seq.last_token_at = now
             seq.generated.append(token)
             if stop:
@@ -540,8 +536,10 @@ class Scheduler:
 
     def _send(self, seq: Sequence, final: bool, reason: str = "") -> None:
         r = seq.request
-        ids, text = seq.pending_ids, seq.pending_text
-        seq.pending_ids, seq.pending_text = [], ""
+        # The response's tokens are detokenized now, together: under a send budget a stream takes several steps'
+        # tokens per response, and detokenizing every row's token at every step was the host's largest part.
+        ids, seq.pending_ids = seq.pending_ids, []
+        text = seq.detok.text(final)
         if not r.exclude_input and not seq.prompt_sent:  # the first response carries the prompt
             ids = r.prompt_ids + ids
             text = (r.prompt_text if r.prompt_text is not None else self.tokenizer.decode(r.prompt_ids)) + text
@@ -562,5 +560,4 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str) -> None:
         self._drop(seq)
         self._retire(seq.request)
-        seq.pending_text += seq.detok.flush()
         self._send(seq, final=True, reason=reason)
