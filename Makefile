@@ -35,10 +35,14 @@ export PYTHONUNBUFFERED := 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(DTYPE) $(if $(TUNE_RUNS),--tune-runs $(TUNE_RUNS))
-GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
+# The generate build's options; `make bench-generate` builds with them too, so it measures what `make build` made.
+GEN_OPTS = $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
 	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS)) $(if $(GEN_PDL),--decode-pdl) \
 	$(if $(GEN_FRESH_PREFILL),--fresh-prefill)
+# The GEN_* settings given, as the command line that repeats them (the bench report quotes it).
+GEN_VARS = $(foreach v,GEN_SLOTS GEN_CONTEXT GEN_DECODE_BUCKETS GEN_PREFILL_BUCKETS GEN_PDL GEN_FRESH_PREFILL,$(if $($(v)),$(v)=$($(v)) ))
+GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(GEN_OPTS)
 
 .PHONY: help setup build serve demo test bench bench-decode bench-generate check-tensorrt clean
 
@@ -84,8 +88,8 @@ bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (sin
 	$(PY) -m bench.decode_variants --model $(BENCH_MODEL)
 
 bench-generate: $(SETUP)  ## GPU: the generate model of BENCH_MODEL: engine, Triton streaming (client + perf_analyzer), load, HF anchor; BENCH_ARGS="--phase engine" etc.
-	$(PY) build/build_generate.py --model $(BENCH_MODEL) --device cuda --out model_repository/generate
-	BENCH_VIA_MAKE='make bench-generate PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m bench.generate_bench --model $(BENCH_MODEL) --device cuda $(BENCH_ARGS)
+	$(PY) build/build_generate.py --model $(BENCH_MODEL) --device cuda $(GEN_OPTS) --out model_repository/generate
+	BENCH_VIA_MAKE='make bench-generate $(strip PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) $(GEN_VARS)) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m bench.generate_bench --model $(BENCH_MODEL) --device cuda $(BENCH_ARGS)
 
 .PHONY: chaos
 chaos: build  ## fault injection under load: kill the server and a backend stub in turn; recovery times, requests lost; one JSON line
