@@ -397,3 +397,16 @@ def test_the_in_process_scheduler_split_sits_under_the_servers():
     assert "The in-process rows" in md
     del state["engine"]["host_gap"]["scheduler_ms_per_step"]
     assert "The in-process rows" not in report(state)
+
+
+def test_the_host_inputs_probe_builds_a_decode_steps_inputs_on_a_bare_engine():
+    """bench/probes/generate_host_inputs.py reaches into the engine's input machinery (no weights, no device): it
+    broke unseen once when the engine's pinned buffers became a ring per profile."""
+    from bench.probes.generate_host_inputs import bare_engine, per_call_us
+
+    e = bare_engine("tiny")
+    batch = e.spec.max_batch
+    index = e.select(batch, 1)
+    x = e._host_inputs(index, [[7]] * batch, list(range(batch)), [3] * batch)
+    assert x.tokens[:, 0].tolist() == [7] * batch and x.positions[:, 0].tolist() == [3] * batch
+    assert per_call_us(lambda: e._host_inputs(index, [[7]] * batch, list(range(batch)), [3] * batch), n=5) > 0

@@ -28,7 +28,8 @@ def bare_engine(model: str = "gemma-3-1b") -> GenerationEngine:
     e.spec = spec = generate_spec(model)
     e.profiles, e.vocab_size, e.pool, e._selected, e._copied = spec.profiles(), 262144, SlotPool(spec.slots), {}, {}
     e.step_shapes = [e.profiles.ranges(i)["input_ids"].max for i in range(len(e.profiles))]
-    e.host = [StepInputs(b, s, torch.device("cpu")) for b, s in e.step_shapes]
+    e.host = [[StepInputs(b, s, torch.device("cpu"))] for b, s in e.step_shapes]  # a ring of one per profile
+    e._turn = [0] * len(e.step_shapes)
     return e
 
 
