@@ -26,7 +26,7 @@ def bare_engine(model: str = "gemma-3-1b") -> GenerationEngine:
     """The engine's profile and input machinery, with no weights, pool or device."""
     e = GenerationEngine.__new__(GenerationEngine)
     e.spec = spec = generate_spec(model)
-    e.profiles, e.vocab_size, e.pool, e._selected, e._copied = spec.profiles(), 262144, SlotPool(spec.slots), {}, {}
+    e.profiles, e.vocab_size, e.pool, e._selected = spec.profiles(), 262144, SlotPool(spec.slots), {}
     e.step_shapes = [e.profiles.ranges(i)["input_ids"].max for i in range(len(e.profiles))]
     e.host = [[StepInputs(b, s, torch.device("cpu"))] for b, s in e.step_shapes]  # a ring of one per profile
     e._turn = [0] * len(e.step_shapes)

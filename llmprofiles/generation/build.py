@@ -50,7 +50,8 @@ SEND_BUDGET_MS = 0.5
 # (2026-11-30, session 13, bench/results/2026-11-30-session13-decode-steps/): 16,521 tokens/s with 1, 19,614 with 2,
 # 17,021 with 4, 14,310 with 8; TTFT p50 13.1, 21.6, 43.8, 92.0 ms (a prompt's first token is taken with its
 # iteration's steps). At one stream ITL p50 1.32 ms for each. That run's steps after an iteration's first waited
-# for the GPU (one pinned input buffer per profile; now a ring of them), so 4 and 8 may do better now.
+# for the GPU (one pinned input buffer per profile; now a ring of them). With the ring, in the run of record
+# (bench/results/2026-11-30-nvidia-h200-generate.md): 18,335 tokens/s with 1, 19,968 with 2, 19,716 with 4.
 DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
@@ -63,7 +64,7 @@ DECODE_PDL = False
 # results/2026-11-30-session13-prefill/): prefill_128's engine call 2.03 ms against 2.70 through the pool (graph
 # replay 1.95 / 2.45), prefill_64 1.94 / 2.40, prefill_512 3.50 / 3.98; logits within 0.009 of the pool path's in
 # fp16. Its compile adds about 80 s to a build. Not yet measured served: at 64 streams a prompt is admitted about
-# every other decode step, so it would take about 0.3 ms off a 3.0 ms step.
+# every other decode step, so by the probe it would take 0.23-0.31 ms (replay / call) off a 3.0 ms step.
 FRESH_PREFILL = False
 CODE = ["generation/build.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 

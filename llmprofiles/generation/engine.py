@@ -51,12 +51,18 @@ class StepInputs:
         self.tokens, self.positions, self.write_slots, self.write_pos = (
             self.data[i * n:(i + 1) * n].view(batch, seq) for i in range(4))
         self.slots, self.last = self.data[4 * n:4 * n + batch], self.data[4 * n + batch:]
+        self.copied: torch.cuda.Event | None = None  # a pinned buffer's last copy to the device, until it is done
         if self.data.device.type == "cpu":  # numpy views of the same memory: the host fills these per step
             self.np = {name: getattr(self, name).numpy()
                        for name in ("tokens", "positions", "write_slots", "write_pos", "slots", "last")}
 
     def fill(self, host: StepInputs) -> None:
+        """Queue the copy of ``host``'s inputs into these; from pinned memory it is asynchronous, so ``host`` records
+        when it is done (:attr:`copied`), and is rewritten only after."""
         self.data.copy_(host.data, non_blocking=True)
+        if host.data.is_pinned():
+            host.copied = torch.cuda.Event()
+            host.copied.record()
 
     @classmethod
     def scratch(cls, batch: int, seq: int, device: torch.device, slot: int) -> StepInputs:
@@ -116,7 +122,6 @@ class GenerationEngine:
         self.capture_stream = None  # one for every capture: each stream holds its own cuBLAS workspace
         self.graph_out: dict[int, torch.Tensor] = {}  # per profile: the logits its graphs write, whatever kv_len
         self._selected: dict[tuple[int, int], int] = {}
-        self._copied: dict[tuple[int, int], torch.cuda.Event] = {}  # (profile, buffer) -> its copy to the device
 
     # --- profile choice --------------------------------------------------------
 
@@ -173,9 +178,10 @@ class GenerationEngine:
         ring = self.host[index]
         turn = self._turn[index]
         self._turn[index] = (turn + 1) % len(ring)
-        if (index, turn) in self._copied:  # the last copy out of this buffer must be done before it is rewritten
-            self._copied.pop((index, turn)).synchronize()
         x = ring[turn]
+        if x.copied is not None:  # the last copy out of this buffer must be done before it is rewritten
+            x.copied.synchronize()
+            x.copied = None
         a = x.np
         tokens, positions = a["tokens"], a["positions"]
         tokens.fill(0)
@@ -209,7 +215,7 @@ class GenerationEngine:
             needed = 0  # the chunk attends only to itself (KVForward.fresh_prefill)
         if self.cuda_graphs:
             graph, buffers, out = self._graph(*self.graph_key(index, needed))
-            self._copy(index, host, buffers)
+            buffers.fill(host)
             if device_tokens is not None:
                 buffers.tokens[:n, 0].copy_(device_tokens, non_blocking=True)
             graph.replay()
@@ -219,19 +225,11 @@ class GenerationEngine:
         x = host
         if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
             x = StepInputs(*self.step_shapes[index], self.device)
-            self._copy(index, host, x)
+            x.fill(host)
         if device_tokens is not None:
             x.tokens[:n, 0] = device_tokens
         with torch.inference_mode():
             return self._forward(x, needed)[:n]
-
-    def _copy(self, index: int, host: StepInputs, to: StepInputs) -> None:
-        """Queue the copy of ``host`` (the buffer :meth:`_host_inputs` just filled) into ``to`` on the device."""
-        to.fill(host)
-        if host.data.is_pinned():  # the copy is asynchronous: the buffer is rewritten after this event only
-            used = (self._turn[index] - 1) % len(self.host[index])
-            self._copied[index, used] = event = torch.cuda.Event()
-            event.record()
 
     def fresh_chunk(self, index: int, starts: list[int]) -> bool:
         """Whether a prefill step of profile ``index`` from ``starts`` is a prompt's first chunk that attends only

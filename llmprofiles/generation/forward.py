@@ -344,8 +344,7 @@ class KVForward(torch.nn.Module):
                 x = self.out_mlp(attn, x, *self.after_attention(i), eps)
                 continue
             # Write this step's keys and values into each row's slot; attention then reads the slot back.
-            self.k_pool[i][write_slots, write_pos] = k
-            self.v_pool[i][write_slots, write_pos] = v
+            attention.write_kv_op(k, v, self.k_pool, self.v_pool, i, write_slots, write_pos)
             x = self.attend_out_mlp(q, self.k_pool[i], self.v_pool[i], slots, masks[s.layer_sliding[i]], x,
                                     *self.after_attention(i), self.scale, eps)
         return self.logits(x[torch.arange(B, device=x.device), last])  # only the tokens whose logits are used

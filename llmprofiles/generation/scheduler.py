@@ -12,10 +12,10 @@ iteration of :meth:`Scheduler.run_once`:
 4. launches one decode step for every running sequence (in groups of the
    largest decode bucket) and samples on the device, then takes the tokens of
    the steps launched one iteration earlier (and of this iteration's prefill)
-   and detokenizes and emits them. With ``decode_steps`` > 1 it launches that
-   many steps back to back (a prompt chunk between two of them), each fed the
-   one before's tokens on the device, so the host's work of an iteration is paid
-   once per that many tokens of each row.
+   and emits them (a response's text is made as it is sent). With
+   ``decode_steps`` > 1 it launches that many steps back to back (a prompt chunk
+   between two of them), each fed the one before's tokens on the device, so the
+   host's work per iteration is paid once for that many steps.
 
 On a GPU, decode is overlapped: a step's input tokens are the previous step's
 sampled tokens, still on the device, so the host work of step N (reading its
@@ -176,8 +176,8 @@ class Scheduler:
                  observer: Observer | None = None, cancel_check_s: float = 0.0, overlap: bool | None = None,
                  send_budget_s: float = 0.0, decode_steps: int = 1):
         self.engine, self.tokenizer, self._emit = engine, tokenizer, emit
-        # Decode steps launched per iteration (see _decode): the host's per-iteration work (taking tokens,
-        # detokenizing, ending, sending) is paid once per that many tokens of each row.
+        # Decode steps launched per iteration (see _decode): the host's per-iteration work is paid once for that
+        # many steps (its work per token of each row, taking and ending, is not).
         if decode_steps < 1:
             raise ValueError(f"decode_steps {decode_steps} must be >= 1")
         self.decode_steps = decode_steps
