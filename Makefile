@@ -28,6 +28,7 @@ GEN_SLOTS    ?=
 GEN_CONTEXT  ?=
 GEN_DECODE_BUCKETS  ?=
 GEN_PREFILL_BUCKETS ?=
+GEN_PREFILL_BATCHES ?=
 
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export PYTHONUNBUFFERED := 1
@@ -39,9 +40,10 @@ BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(
 GEN_OPTS = $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
 	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS)) $(if $(GEN_PDL),--decode-pdl) \
-	$(if $(GEN_FRESH_PREFILL),--fresh-prefill)
+	$(if $(GEN_PREFILL_BATCHES),--prefill-batches $(GEN_PREFILL_BATCHES)) \
+	$(if $(GEN_FRESH_PREFILL),$(if $(filter 0,$(GEN_FRESH_PREFILL)),--no-fresh-prefill,--fresh-prefill))
 # The GEN_* settings given, as the command line that repeats them (the bench report quotes it).
-GEN_VARS = $(foreach v,GEN_SLOTS GEN_CONTEXT GEN_DECODE_BUCKETS GEN_PREFILL_BUCKETS GEN_PDL GEN_FRESH_PREFILL,$(if $($(v)),$(v)=$($(v)) ))
+GEN_VARS = $(foreach v,GEN_SLOTS GEN_CONTEXT GEN_DECODE_BUCKETS GEN_PREFILL_BUCKETS GEN_PREFILL_BATCHES GEN_PDL GEN_FRESH_PREFILL,$(if $($(v)),$(v)=$($(v)) ))
 GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(GEN_OPTS)
 
 .PHONY: help setup build serve demo test bench bench-decode bench-generate check-tensorrt clean

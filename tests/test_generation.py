@@ -611,6 +611,71 @@ def test_a_prompts_first_chunk_attending_only_to_itself_gives_the_pool_path_logi
     assert [t for o in outs for t in o.ids] == reference(p, 6)
 
 
+BATCHED = GenerationSpec(slots=4, max_context=96, decode_buckets=(1, 2), prefill_buckets=(8, 16), prefill_batches=(1, 2, 4))
+
+
+def test_batched_prefill_profiles_come_after_the_single_ones_and_fit_their_batches():
+    ps = BATCHED.profiles()
+    assert ps.names == ("decode_b1", "decode_b2", "prefill_8", "prefill_16", "prefill_b2_8", "prefill_b2_16",
+                        "prefill_b4_8", "prefill_b4_16")
+    fit = lambda b, s: ps.names[ps.first_fit({"input_ids": (b, s), "position_ids": (b, s)})]  # noqa: E731
+    assert [fit(1, 5), fit(2, 5), fit(2, 9), fit(3, 8), fit(4, 16), fit(2, 1)] == [
+        "prefill_8", "prefill_b2_8", "prefill_b2_16", "prefill_b4_8", "prefill_b4_16", "decode_b2"]
+    assert ps.first_fit({"input_ids": (5, 8), "position_ids": (5, 8)}) is None
+    assert GenerationSpec.from_dict(BATCHED.to_dict()) == BATCHED
+    assert GenerationSpec.from_dict({k: v for k, v in SPEC.to_dict().items() if k != "prefill_batches"}) == SPEC
+    with pytest.raises(ValueError, match="must start with 1"):
+        BATCHED.replace(prefill_batches=(2, 4))
+    with pytest.raises(ValueError, match=r"prefill_batches \[1, 8\]: largest bucket 8 exceeds slots = 4"):
+        BATCHED.replace(prefill_batches=(1, 8))
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_prompts_prefilled_in_one_step_give_each_its_own_logits_pool_and_next_step(hf, fresh):
+    """Three whole prompts of one length bucket in one step (padded to a batch of 4): each row's logits, the keys and
+    values written into its slot and the decode step after equal those of the prompts prefilled one at a time."""
+    shape = ModelShape.from_config(hf.config.to_dict())
+    together, alone = (GenerationEngine(shape, fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()}),
+                                        BATCHED, "cpu", fresh_prefill=fresh) for _ in range(2))
+    ps = prompts(5, 8, 3)
+    logits, index = together.prefill_many([0, 1, 2], ps)
+    assert together.profiles.names[index] == "prefill_b4_8" and logits.shape[0] == 3
+    for slot, p in enumerate(ps):
+        torch.testing.assert_close(logits[slot], alone.prefill(slot, p, 0)[0][0], rtol=1e-4, atol=1e-4)
+    for a, b in ((together.forward.k_pool, alone.forward.k_pool), (together.forward.v_pool, alone.forward.v_pool)):
+        for slot, p in enumerate(ps):
+            torch.testing.assert_close(a[:, slot, :len(p)], b[:, slot, :len(p)], rtol=1e-5, atol=1e-5)
+    assert not together.forward.k_pool[:, 3].any()  # the free slot: the padding row wrote the scratch slot only
+    step = [int(t) for t in logits.argmax(-1)]
+    positions = [len(p) for p in ps]
+    torch.testing.assert_close(together.decode([0, 1, 2], step, positions)[0], alone.decode([0, 1, 2], step, positions)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_scheduler_prefills_waiting_whole_prompts_of_one_bucket_together(hf, reference, overlap):
+    """The first admitted prompt takes the admitted whole prompts of its length bucket with it (up to the largest
+    prefill batch); a prompt of another bucket, and every chunk of a long one, go alone. Tokens are each prompt's."""
+    rec = Recorder()
+    outs = {}
+    shape = ModelShape.from_config(hf.config.to_dict())
+    engine = GenerationEngine(shape, fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()}), BATCHED, "cpu")
+    sched = Scheduler(engine, _NullTok(), lambda o: outs.setdefault(id(o.request), []).append(o), observer=rec,
+                      overlap=overlap)
+    ps = prompts(5, 12, 6, 7, 40)  # 12 is in the 16 bucket; 40 waits for a slot, then goes in chunks of 16
+    reqs = [GenerateRequest(p, max_tokens=5, min_tokens=5) for p in ps]
+    for r in reqs:
+        sched.submit(r)
+    sched.run_once()
+    names = engine.profiles.names
+    assert names[rec.steps[0]] == "prefill_b4_8"  # 5, 6 and 7 together; 12 waits for the next iteration
+    run(sched)
+    prefills = [names[i] for i in rec.steps if names[i].startswith("prefill")]
+    assert prefills == ["prefill_b4_8", "prefill_16", "prefill_16", "prefill_16", "prefill_8"]  # 40: 16, 16, 8
+    assert [[t for o in outs[id(r)] for t in o.ids] for r in reqs] == [reference(p, 5) for p in ps]
+    assert engine.pool.free == BATCHED.slots
+
+
 def test_bad_step_inputs_name_the_value_and_the_range(hf):
     engine = make_engine(hf)
     with pytest.raises(SelectionError, match=r"slot 3 is out of range \[0, 2\]"):

@@ -248,7 +248,7 @@ def test_bad_request_over_a_grpc_stream_ends_that_request_only(server):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """The tiny model built with 2 slots and a queue bound of 1, served on its own."""
+    """The tiny model built with 2 slots, prefill steps of up to 2 prompts and a queue bound of 1, served on its own."""
     from llmprofiles.serving.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("small_repo")
@@ -257,7 +257,7 @@ def small(tmp_path_factory):
     (model / "1" / "model.py").symlink_to(REPO / "generate" / "1" / "model.py")
     subprocess.run([sys.executable, str(ROOT / "build" / "build_generate.py"), "--model", "tiny", "--out", str(model),
                     "--slots", "2", "--max-context", "256", "--decode-buckets", "1,2", "--prefill-buckets", "16,32",
-                    "--max-queue", "1"], check=True, cwd=ROOT)
+                    "--prefill-batches", "1,2", "--max-queue", "1"], check=True, cwd=ROOT)
     with TritonServer(repo, free_port(), free_port(), free_port(), work=tmp_path_factory.mktemp("small")) as s:
         yield s
 
@@ -321,8 +321,9 @@ def test_queue_bound_refuses_at_once_when_slots_and_queue_are_full(small):
 
 def test_small_build_declares_its_overridden_profiles(small):
     manifest = json.loads(Path(small.repos[0] / "generate" / "1" / "manifest.json").read_text())
-    assert manifest["profiles"]["names"] == ["decode_b1", "decode_b2", "prefill_16", "prefill_32"]
-    assert manifest["generation"]["slots"] == 2
+    assert manifest["profiles"]["names"] == ["decode_b1", "decode_b2", "prefill_16", "prefill_32", "prefill_b2_16",
+                                             "prefill_b2_32"]
+    assert manifest["generation"]["slots"] == 2 and manifest["generation"]["prefill_batches"] == [1, 2]
 
 
 def test_a_stream_interval_sends_the_first_token_alone_then_groups_of_tokens(tmp_path):

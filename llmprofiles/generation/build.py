@@ -59,13 +59,14 @@ DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # (`make bench-generate`'s engine phase; H200, session 12): with coordinate descent, PDL compiles differ widely from
 # one to the next, as llm's did (0.99 against 1.48 ms), where llm keeps the best of several. Not done here yet.
 DECODE_PDL = False
-# A prompt's first chunk attending only to itself, compiled whole (--fresh-prefill; KVForward.fresh_prefill), off by
-# default. Side by side on the H200 (bench/probes/prefill_step.py, random weights, session 13,
-# results/2026-11-30-session13-prefill/): prefill_128's engine call 2.03 ms against 2.70 through the pool (graph
-# replay 1.95 / 2.45), prefill_64 1.94 / 2.40, prefill_512 3.50 / 3.98; logits within 0.009 of the pool path's in
-# fp16. Its compile adds about 80 s to a build. Not yet measured served: at 64 streams a prompt is admitted about
-# every other decode step, so by the probe it would take 0.23-0.31 ms (replay / call) off a 3.0 ms step.
-FRESH_PREFILL = False
+# A prompt's first chunk attending only to itself, compiled whole (--fresh-prefill; KVForward.fresh_prefill), on by
+# default on CUDA. Served side by side on the H200 (x2 host, one fresh build of each, each build's Triton phase run
+# twice on swapped GPUs; session 14, bench/results/2026-11-30-session14-fresh-prefill/): 21,613 and 21,084 tokens/s
+# at 64 streams against 20,406 and 20,089 without; TTFT p50 at one stream 4.71 / 4.74 ms against 4.88 / 5.02. Its
+# costs: about 90 s more build (its compile), and server start-up 71-86 s against 32-40 s (not yet explained).
+# The probe (bench/probes/prefill_step.py, session 13): prefill_128's graph replay 1.95 ms against 2.45 through the
+# pool; logits within 0.009 of the pool path's in fp16.
+FRESH_PREFILL = True
 CODE = ["generation/build.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
@@ -125,10 +126,11 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, model_dir: Path,
-                   max_queue: int, force: bool = False, decode_pdl: bool = False, fresh_prefill: bool = False) -> dict:
+                   max_queue: int, force: bool = False, decode_pdl: bool = False,
+                   fresh_prefill: bool = FRESH_PREFILL) -> dict:
     """Build into ``model_dir``. ``decode_pdl``: compile the batch-1 decode step with programmatic dependent launch
     where its probe passes (off by default: see DECODE_PDL). ``fresh_prefill``: a prompt's first chunk attends
-    only to itself, compiled whole, on CUDA (off by default: see FRESH_PREFILL)."""
+    only to itself, compiled whole, on CUDA (on by default: see FRESH_PREFILL)."""
     device_t = torch.device(device)
     version_dir = model_dir / "1"
     pkg = Path(__file__).parents[1]
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-context", type=int, help="positions per slot, prompt plus output")
     p.add_argument("--decode-buckets", type=parse_buckets, help="decode batch buckets, e.g. 1,2,4,8")
     p.add_argument("--prefill-buckets", type=parse_buckets, help="prefill length buckets, e.g. 64,128,256")
+    p.add_argument("--prefill-batches", type=parse_buckets,
+                   help="prompts per prefill step, from 1, e.g. 1,2,4 (default: the model's declared spec)")
     p.add_argument("--max-queue", type=int, help="requests that may wait for a slot (default: 4 x slots)")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
     p.add_argument("--decode-pdl", action=argparse.BooleanOptionalAction, default=DECODE_PDL,
@@ -205,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     dtype = a.dtype if a.dtype != "auto" else ("float16" if a.device == "cuda" else "float32")
     try:
         spec = generate_spec(a.model).replace(slots=a.slots, max_context=a.max_context,
-                                              decode_buckets=a.decode_buckets, prefill_buckets=a.prefill_buckets)
+                                              decode_buckets=a.decode_buckets, prefill_buckets=a.prefill_buckets,
+                                              prefill_batches=a.prefill_batches)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"generate spec: {e}") from None
     max_queue = a.max_queue if a.max_queue is not None else 4 * spec.slots

@@ -142,6 +142,12 @@ class GenerationEngine:
         index = self.select(1, len(tokens))
         return self._run(index, [tokens], [slot], [start]), index
 
+    def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """Whole prompts, one per slot, from position 0 in one step (a batched prefill profile, for more than one);
+        logits ``[len(prompts), vocab]`` of each prompt's last token, and the profile used."""
+        index = self.select(len(prompts), max(len(p) for p in prompts))
+        return self._run(index, prompts, slots, [0] * len(prompts)), index
+
     def decode(self, slots: list[int], tokens: list[int] | torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, int]:
         """One token for each of ``slots`` at its position; logits ``[len(slots), vocab]`` and the profile used.
 
