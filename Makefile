@@ -19,7 +19,8 @@ BENCH_MODEL  ?= gemma-3-1b
 BUILD_MODELS ?= llm llm_single generate
 # FRESH=1: build from scratch: first wipe the inductor cache and the built versions of BUILD_MODELS.
 FRESH        ?=
-# torch-compile on CUDA: compiles of the static decode profile, each from an empty cache; the fastest is kept (empty = 3).
+# On CUDA: compiles of llm's static decode profile and of generate's batch-1 decode step, each from an empty cache;
+# the fastest is kept (empty = 3).
 TUNE_RUNS    ?=
 BENCH_ARGS   ?=
 CHAOS_ARGS   ?=
@@ -40,10 +41,10 @@ BUILD_ARGS = --model $(MODEL) --device $(DEVICE) --runtime $(RUNTIME) --dtype $(
 GEN_OPTS = $(if $(GEN_SLOTS),--slots $(GEN_SLOTS)) \
 	$(if $(GEN_CONTEXT),--max-context $(GEN_CONTEXT)) $(if $(GEN_DECODE_BUCKETS),--decode-buckets $(GEN_DECODE_BUCKETS)) \
 	$(if $(GEN_PREFILL_BUCKETS),--prefill-buckets $(GEN_PREFILL_BUCKETS)) $(if $(GEN_PDL),--decode-pdl) \
-	$(if $(GEN_PREFILL_BATCHES),--prefill-batches $(GEN_PREFILL_BATCHES)) \
+	$(if $(GEN_PREFILL_BATCHES),--prefill-batches $(GEN_PREFILL_BATCHES)) $(if $(TUNE_RUNS),--decode-tune-runs $(TUNE_RUNS)) \
 	$(if $(GEN_FRESH_PREFILL),$(if $(filter 0,$(GEN_FRESH_PREFILL)),--no-fresh-prefill,--fresh-prefill))
 # The GEN_* settings given, as the command line that repeats them (the bench report quotes it).
-GEN_VARS = $(foreach v,GEN_SLOTS GEN_CONTEXT GEN_DECODE_BUCKETS GEN_PREFILL_BUCKETS GEN_PREFILL_BATCHES GEN_PDL GEN_FRESH_PREFILL,$(if $($(v)),$(v)=$($(v)) ))
+GEN_VARS = $(foreach v,GEN_SLOTS GEN_CONTEXT GEN_DECODE_BUCKETS GEN_PREFILL_BUCKETS GEN_PREFILL_BATCHES GEN_PDL GEN_FRESH_PREFILL TUNE_RUNS,$(if $($(v)),$(v)=$($(v)) ))
 GEN_ARGS = --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) $(GEN_OPTS)
 
 .PHONY: help setup build serve demo test bench bench-decode bench-generate check-tensorrt clean

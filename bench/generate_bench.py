@@ -207,21 +207,24 @@ def time_decode(engine, batch: int, position: int, iters: int, warmup: int, sync
             "replay_ms": replay_gpu_ms(engine, index, position + 1, iters)}
 
 
-def time_prefill(engine, length: int, iters: int, warmup: int, sync, rng: np.random.Generator) -> dict:
-    ids = rng.integers(4, engine.vocab_size, length).tolist()
-    index = engine.select(1, length)
+def time_prefill(engine, length: int, iters: int, warmup: int, sync, rng: np.random.Generator, batch: int = 1) -> dict:
+    """A prefill step of ``batch`` whole prompts of ``length`` tokens from position 0 (slots 0..batch-1): the engine
+    call, synchronised, and its graph's replay."""
+    prompts = [rng.integers(4, engine.vocab_size, length).tolist() for _ in range(batch)]
+    slots = list(range(batch))
+    index = engine.select(batch, length)
     for _ in range(warmup):
-        engine.prefill(0, ids, 0)
+        engine.prefill_many(slots, prompts)
         sync()
     samples = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        engine.prefill(0, ids, 0)
+        engine.prefill_many(slots, prompts)
         sync()
         samples.append((time.perf_counter() - t0) * 1e3)
     fresh = engine.fresh_chunk(index, [0])  # a first chunk that attends only to itself: its own graph
-    return {"length": length, "profile": engine.profiles.names[index], "call_ms": ms_stats(samples), "fresh": fresh,
-            "replay_ms": replay_gpu_ms(engine, index, 0 if fresh else length, iters)}
+    return {"batch": batch, "length": length, "profile": engine.profiles.names[index], "call_ms": ms_stats(samples),
+            "fresh": fresh, "replay_ms": replay_gpu_ms(engine, index, 0 if fresh else length, iters)}
 
 
 # The decode forms compare_attention times, as the report names them.
@@ -426,9 +429,11 @@ def phase_engine(a, state: dict) -> dict:
               + (f", graph replay p50 {r['replay_ms']['p50_ms']:.3f} ms" if r["replay_ms"] else ""), flush=True)
     stages["after_decode_timing"] = memory_now(device)
     prefill = {}
-    for n in spec.prefill_buckets:
-        prefill[str(n)] = time_prefill(engine, n, a.prefill_iters, max(1, a.decode_warmup // 4), sync, rng)
-        print(f"prefill {n}: p50 {prefill[str(n)]['call_ms']['p50_ms']:.3f} ms", flush=True)
+    for b in spec.prefill_batches:  # batched prefill profiles (prefill_batches), each prompt its own slot
+        for n in spec.prefill_buckets:
+            key = str(n) if b == 1 else f"{b}x{n}"
+            prefill[key] = time_prefill(engine, n, a.prefill_iters, max(1, a.decode_warmup // 4), sync, rng, batch=b)
+            print(f"prefill {key}: p50 {prefill[key]['call_ms']['p50_ms']:.3f} ms", flush=True)
     stages["after_prefill_timing"] = memory_now(device)
     gaps = {}
     for b in (spec.max_batch, 1):
@@ -1150,6 +1155,18 @@ def sweep_rows(tri: dict, anchor: dict | None) -> list[list[str]]:
     return rows
 
 
+def b1_tuning(manifest: dict) -> str:
+    """The build's tuning of the batch-1 decode step, in words (generation/tuning.py)."""
+    t = manifest.get("decode_b1_tuning")
+    if not t:
+        return "one compile, untuned"
+    if "winner" not in t:
+        return f"tuning failed ({t.get('error', '?')}), one compile"
+    attempts = ", ".join(f"{a['ms']:.3f}" if "ms" in a else "failed" for a in t["attempts"])
+    return (f"best of {t['runs']} compiles (replay ms {attempts}; kept {t['winner_ms']:.3f}, served "
+            f"{t['final_ms']:.3f})" if "final_ms" in t else f"best of {t['runs']} compiles (replay ms {attempts})")
+
+
 def report(state: dict) -> str:
     env, eng, tri, load, anchor = (state.get(k) for k in ("env", "engine", "triton", "load", "anchor"))
     m = env["manifest"]
@@ -1164,7 +1181,8 @@ def report(state: dict) -> str:
              "(min_tokens = max_tokens)",
              f"- built with decode attention {(m.get('decode_attention') or {}).get('use', 'not checked')}; "
              f"programmatic dependent launch in the batch-1 decode step: {m.get('decode_pdl', 'not probed')}; "
-             f"a prompt's first chunk attending only to itself: {m.get('fresh_prefill', False)}",
+             f"a prompt's first chunk attending only to itself: {m.get('fresh_prefill', False)}; prompts per prefill "
+             f"step: {spec.get('prefill_batches', [1])}; batch-1 decode step: {b1_tuning(m)}",
              "- commands, by phase:", *(f"  - {p}: {how_run(state, p)}" for p in state.get("commands", {})), ""]
     if state.get("server_pythonpath"):
         lines.insert(4, f"- the server's backend stub imports `{state['server_pythonpath']}` first (numpy < 2 for BYTES outputs), through a venv over the serving Python (STUB_PYTHON)")
@@ -1190,9 +1208,12 @@ def report(state: dict) -> str:
                                fmt(d["call_ms"]["p99_ms"], 3),
                                fmt(d["replay_ms"]["p50_ms"], 3) if d["replay_ms"] else "-",
                                fmt(d["batch"] * 1e3 / d["call_ms"]["p50_ms"], 0)] for d in eng["decode"].values()]),
-                  "", *table(["prefill length", "profile", "p50 ms", "p99 ms"],
-                             [[str(p["length"]), p["profile"], fmt(p["call_ms"]["p50_ms"], 3),
-                               fmt(p["call_ms"]["p99_ms"], 3)] for p in eng["prefill"].values()]), ""]
+                  "", *table(["prompts", "prefill length", "profile", "call p50 ms", "call p99 ms", "graph replay p50 ms",
+                              "call p50 ms per prompt"],
+                             [[str(p.get("batch", 1)), str(p["length"]), p["profile"], fmt(p["call_ms"]["p50_ms"], 3),
+                               fmt(p["call_ms"]["p99_ms"], 3),
+                               fmt(p["replay_ms"]["p50_ms"], 3) if p.get("replay_ms") else "-",
+                               fmt(p["call_ms"]["p50_ms"] / p.get("batch", 1), 3)] for p in eng["prefill"].values()]), ""]
         builds = engine_builds(state)
         if len(builds) > 1:
             buckets = [b for b in eng["decode"] if all(b in e["decode"] for e in builds)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from bench.generate_bench import (FULL, QUICK, compare_greedy, last_json_line, parse_profile_export, report, resolve,
                                   step_intervals_ms, targets)
@@ -410,3 +412,31 @@ def test_the_host_inputs_probe_builds_a_decode_steps_inputs_on_a_bare_engine():
     x = e._host_inputs(index, [[7]] * batch, list(range(batch)), [3] * batch)
     assert x.tokens[:, 0].tolist() == [7] * batch and x.positions[:, 0].tolist() == [3] * batch
     assert per_call_us(lambda: e._host_inputs(index, [[7]] * batch, list(range(batch)), [3] * batch), n=5) > 0
+
+
+def test_prefill_timing_takes_a_batch_of_whole_prompts_and_the_report_shows_it_per_prompt():
+    """The engine phase times each batched prefill profile (prefill_batches) beside the single ones; the report
+    gives its time per prompt, and the build's batch-1 decode tuning."""
+    from bench.generate_bench import b1_tuning, sync_fn, time_prefill
+    from llmprofiles import models
+    from llmprofiles.generation.engine import GenerationEngine
+    from llmprofiles.generation.forward import ModelShape, fuse_weights
+    from llmprofiles.profiles.sets import generate_spec
+
+    hf = models.load_model("tiny", torch.float32)
+    shape = ModelShape.from_config(hf.config.to_dict())
+    e = GenerationEngine(shape, fuse_weights(shape, dict(hf.state_dict())),
+                         generate_spec("tiny").replace(prefill_batches=(1, 2)), torch.device("cpu"))
+    r = time_prefill(e, 16, 2, 1, sync_fn(torch.device("cpu")), np.random.default_rng(0), batch=2)
+    assert r["profile"] == "prefill_b2_16" and r["batch"] == 2 and r["call_ms"]["p50_ms"] > 0
+    s = met_state()
+    s["engine"]["prefill"]["2x128"] = {"batch": 2, "length": 128, "profile": "prefill_b2_128",
+                                       "call_ms": summary(8.0, 9.0), "replay_ms": None}
+    md = report(s)
+    assert "| 2 | 128 | prefill_b2_128 | 8.000 | 9.000 | - | 4.000 |" in md
+    assert "batch-1 decode step: one compile, untuned" in md
+    tuned = {"runs": 3, "attempts": [{"attempt": 0, "ms": 1.3}, {"attempt": 1, "error": "x"}, {"attempt": 2, "ms": 1.2}],
+             "winner": 2, "winner_ms": 1.2, "final_ms": 1.21}
+    assert b1_tuning({"decode_b1_tuning": tuned}) == ("best of 3 compiles (replay ms 1.300, failed, 1.200; kept 1.200, "
+                                                      "served 1.210)")
+    assert b1_tuning({"decode_b1_tuning": {"runs": 3, "error": "boom"}}) == "tuning failed (boom), one compile"

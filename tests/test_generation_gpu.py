@@ -53,7 +53,7 @@ def test_every_profile_is_captured_at_warm_up_prefills_per_attention_length_deco
     assert graphed.forward.decode_kernel, "on CUDA decode attends with the kernel by default"
     assert graphed.forward.whole_decode, "and a decode step is compiled whole"
     lengths = kv_buckets(SPEC.max_context)
-    prefills = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in lengths if k >= s and s > 1}
+    prefills = {(i, k) for i, (b, s) in enumerate(graphed.step_shapes) for k in lengths if k >= s > 1}
     decodes = {(i, lengths[-1]) for i, (b, s) in enumerate(graphed.step_shapes) if s == 1}  # one graph, any length
     assert set(graphed.graphs) == prefills | decodes and len(decodes) == len(SPEC.decode_buckets)
 
@@ -94,6 +94,54 @@ def test_a_prompts_first_chunk_compiled_whole_gives_the_eager_tokens_and_is_capt
     eager = engine(hf, cuda_graphs=False, compile=False)
     assert greedy(fresh, PROMPTS, 12) == greedy(eager, PROMPTS, 12)
     assert len(fresh.graphs) == graphs  # nothing captured at request time
+
+
+def test_several_whole_prompts_in_one_captured_prefill_step_give_the_eager_tokens(hf):
+    """Batched prefill profiles (make build GEN_PREFILL_BATCHES=1,2,4) with the fresh prefill: prompts of one length
+    bucket prefilled together in one graph (attention length 0, captured at warm-up) give each its eager tokens."""
+    spec = SPEC.replace(prefill_batches=(1, 2, 4))
+    shape = ModelShape.from_config(hf.config.to_dict())
+    weights = lambda: fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()})
+    batched = GenerationEngine(shape, weights(), spec, torch.device("cuda"), fresh_prefill=True)
+    batched.warm_up()
+    names = batched.profiles.names
+    assert {(names.index(f"prefill_b4_{n}"), 0) for n in spec.prefill_buckets} <= set(batched.graphs)
+    eager = GenerationEngine(shape, weights(), spec, torch.device("cuda"), cuda_graphs=False, compile=False)
+    prompts = [list(range(10, 30)), list(range(40, 55)), list(range(60, 90)), [5, 6, 7]]  # 3 in the 64 bucket
+    graphs, seen = len(batched.graphs), []
+    real = batched.prefill_many
+    batched.prefill_many = lambda slots, ps: (seen.append(len(ps)), real(slots, ps))[1]
+    assert greedy(batched, prompts, 8) == greedy(eager, prompts, 8)
+    assert seen and len(batched.graphs) == graphs  # prefilled together, nothing captured at request time
+
+
+def test_the_batch_1_decode_step_keeps_the_fastest_of_its_compiles_and_the_warm_up_reuses_it(hf, tmp_path,
+                                                                                              monkeypatch):
+    """The build's tuning (generation/tuning.py): two compiles from empty caches, each checked and timed; the kept
+    one's artifacts make the warm-up's compile of the step a cache hit, and its tokens are still the eager ones."""
+    from torch._dynamo.utils import counters
+
+    from llmprofiles.generation.tuning import (
+        b1_graph_key,
+        keep,
+        served_b1_ms,
+        tune_decode_b1,
+    )
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    tuned = engine(hf)
+    record, artifacts, configs = tune_decode_b1(tuned, 2)
+    times = [a["ms"] for a in record["attempts"]]
+    assert len(times) == 2 and record["winner_ms"] == min(times) and record["kernel_configs"] > 0
+    assert all(a["max_abs_diff"] < 0.01 for a in record["attempts"]) and b1_graph_key(tuned) not in tuned.graphs
+    keep(artifacts, configs)
+    counters.clear()
+    tuned.warm_up()
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 1, dict(counters["inductor"])
+    assert served_b1_ms(tuned) < 1.5 * record["winner_ms"]
+    eager = engine(hf, cuda_graphs=False, compile=False)
+    for prompt in PROMPTS[:2]:
+        assert greedy(tuned, [prompt], 8) == greedy(eager, [prompt], 8)
 
 
 def test_no_compile_and_no_capture_at_request_time(graphed):
