@@ -9,5 +9,5 @@ T="TUNE_RUNS=${TUNE_RUNS:-3}"
 (export CUDA_VISIBLE_DEVICES=1
  (cd .w2 && tmo 300 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T BUILD_MODELS=llm_single > "$LOG/b2_single.log" 2>&1); el build 2 single rc=$?
  export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 360 make bench-generate PY=python3 BENCH_ARGS="--phase engine --state $GEN_STATE" > "$LOG/gen_engine.log" 2>&1; el generate engine phase rc=$?) & P1=$!
+ tmo 540 make bench-generate PY=python3 BENCH_ARGS="--phase engine --state $GEN_STATE" > "$LOG/gen_engine.log" 2>&1; el generate engine phase rc=$?) & P1=$!
 wait $P0 $P1; finish

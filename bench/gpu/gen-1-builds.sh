@@ -1,5 +1,5 @@
 # The generate-only runbook (bench/gpu/gen-*.sh), for a run that measures issue 11 alone; 1-4 are the full one.
-# Call 1 (about 6 min on nvidia-h200-x2): fresh generate build 1 on GPU 1 and fresh build 2 on GPU 0 (from a copy of
+# Call 1 (about 8 min on nvidia-h200-x2: each build compiles the batch-1 decode step three times, TUNE_RUNS): fresh generate build 1 on GPU 1 and fresh build 2 on GPU 0 (from a copy of
 # the tree in .w2, its own inductor cache), in parallel, each followed by its engine phase (each its own state:
 # build 2's gives the spread, `--other-build` when writing the report). Fire call 2 within 30 s of this one's end.
 source bench/gpu/env.sh
@@ -8,10 +8,10 @@ rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude="./$CARRY" -cf - . |
 B="PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate"
 E="--phase engine --state bench/tmp/generate-state.json"
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 330 make build $B > "$LOG/gen_build1.log" 2>&1; el generate build 1 rc=$?
+ tmo 440 make build $B > "$LOG/gen_build1.log" 2>&1; el generate build 1 rc=$?
  tmo 300 make bench-generate PY=python3 BENCH_ARGS="$E" > "$LOG/gen_engine.log" 2>&1; el generate engine phase 1 rc=$?) & P1=$!
 (export CUDA_VISIBLE_DEVICES=0 && cd .w2 && export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 330 make build $B > "$LOG/gen_build2.log" 2>&1; el generate build 2 rc=$?
+ tmo 440 make build $B > "$LOG/gen_build2.log" 2>&1; el generate build 2 rc=$?
  tmo 300 make bench-generate PY=python3 BENCH_ARGS="$E" > "$LOG/gen_engine2.log" 2>&1; el generate engine phase 2 rc=$?
  cp bench/tmp/generate-state.json ../bench/tmp/generate-state-b2.json) & P0=$!
 wait $P0 $P1; finish

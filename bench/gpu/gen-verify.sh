@@ -10,7 +10,7 @@ rm -f bench/tmp/tests.done
  tmo 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py tests/test_decode_attention.py \
    > "$LOG/gpu_tests_generate.log" 2>&1; el generate GPU tests rc=$?; touch bench/tmp/tests.done) & P0=$!
 (export CUDA_VISIBLE_DEVICES=${MAIN_GPU:-1} TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 330 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build.log" 2>&1; el generate build rc=$?
+ tmo 440 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build.log" 2>&1; el generate build rc=$?
  wait_for bench/tmp/tests.done
  tmo 240 make bench-generate PY=python3 BENCH_ARGS="--phase triton --state bench/tmp/verify-state.json --out-dir bench/tmp/verify --server-pythonpath /tmp/np1 --perf-analyzer /none --concurrency 1,64 --sweep-seconds 10 --steady-repeats 3 --port-base 18800" > "$LOG/gen_triton.log" 2>&1; el generate triton phase rc=$?
  for v in ${STREAM_VARIANTS:-}; do VS="$VS --stream-variant $v"; done
