@@ -23,7 +23,7 @@ GEN_STATE=bench/tmp/generate-state.json   # one generate state for every call (t
 el() { echo "[$(( $(date +%s) - T0 )) s] $*" >> "$OUT/times.txt"; }   # callers append rc=$? of the step
 pack() {
   tar czf "$OUT/out.tgz" --ignore-failed-read bench/results bench/tmp/*.json bench/tmp/server.log bench/tmp/perf_analyzer \
-      bench/tmp/generate/*.log bench/tmp/generate/perf* bench/tmp/anchor model_repository/*/1/manifest.json \
+      bench/tmp/generate/*.log bench/tmp/generate/perf* bench/tmp/anchor model_repository/*/1/manifest.json .w2/bench/tmp/generate/*.log \
       .w2/model_repository/*/1/manifest.json bench/tmp/gpu-logs 2>/dev/null  # relative: tar keeps the path
   cat "$OUT/times.txt"; for f in "$LOG"/*.log; do echo "== $f"; tail -n 3 "$f"; done
 }
