@@ -917,3 +917,16 @@ def test_with_several_decode_steps_a_first_token_leaves_once_the_iterations_firs
 def test_decode_steps_must_be_positive(hf):
     with pytest.raises(ValueError, match="decode_steps 0 must be >= 1"):
         Scheduler(make_engine(hf), _NullTok(), lambda o: None, decode_steps=0)
+
+
+def test_tuning_the_batch_1_step_is_refused_without_cuda_graphs_and_the_build_goes_on_untuned(hf):
+    """generation/tuning.py times captured graphs; where there are none it says so, and the build records why its
+    batch-1 step is untuned rather than failing (the GPU side: tests/test_generation_gpu.py)."""
+    from llmprofiles.generation.build import tune_b1
+    from llmprofiles.generation.tuning import tune_decode_b1
+
+    e = make_engine(hf)
+    with pytest.raises(ValueError, match="needs CUDA graphs, the engine is on cpu"):
+        tune_decode_b1(e, 2)
+    record = tune_b1(e, 2)
+    assert record["runs"] == 2 and "needs CUDA graphs" in record["error"] and "winner" not in record

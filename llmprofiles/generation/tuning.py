@@ -48,10 +48,13 @@ def tune_decode_b1(engine, runs: int) -> tuple[dict, bytes | None, dict[str, dic
     milliseconds and logit difference, the winner, the spread), the winner's compile cache artifacts and its
     kernels' launch configs. The engine is left with no compiled step and no graph for it.
     """
-    if engine.device.type != "cuda":
-        raise ValueError(f"tuning the batch-1 decode step needs CUDA graphs, the engine is on {engine.device}")
-    key = b1_graph_key(engine)
     f = engine.forward
+    if engine.device.type != "cuda" or not engine.cuda_graphs:
+        raise ValueError(f"tuning the batch-1 decode step needs CUDA graphs, the engine is on {engine.device}")
+    if not (f.compiled and f.decode_kernel and f.whole_decode):
+        raise ValueError("the batch-1 decode step is not compiled whole here (the build refused the decode attention "
+                         "kernel, or the engine does not compile): nothing to tune")
+    key = b1_graph_key(engine)
     diffs: dict[int, float] = {}
 
     def attempt(k: int) -> tuple[float, tuple[bytes | None, dict[str, dict]]]:
