@@ -59,7 +59,8 @@ DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
 # from the cache it kept 1.27-1.31), but the served steps of two fresh builds replayed in 1.93 and 1.52 ms
 # (`make bench-generate`'s engine phase; H200, session 12): with coordinate descent, PDL compiles differ widely from
-# one to the next, as llm's did (0.99 against 1.48 ms), where llm keeps the best of several. Not done here yet.
+# one to the next, as llm's did (0.99 against 1.48 ms). The batch-1 step's best of several compiles (DECODE_TUNE_RUNS)
+# is built for that, and not yet run with PDL.
 DECODE_PDL = False
 # A prompt's first chunk attending only to itself, compiled whole (--fresh-prefill; KVForward.fresh_prefill), on by
 # default on CUDA. Served side by side on the H200 (x2 host, one fresh build of each, each build's Triton phase run
@@ -132,11 +133,11 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, model_dir: Path,
                    max_queue: int, force: bool = False, decode_pdl: bool = False,
-                   fresh_prefill: bool = FRESH_PREFILL, decode_tune_runs: int = 1) -> dict:
+                   fresh_prefill: bool = FRESH_PREFILL, decode_tune_runs: int = DECODE_TUNE_RUNS) -> dict:
     """Build into ``model_dir``. ``decode_pdl``: compile the batch-1 decode step with programmatic dependent launch
     where its probe passes (off by default: see DECODE_PDL). ``fresh_prefill``: a prompt's first chunk attends
     only to itself, compiled whole, on CUDA (on by default: see FRESH_PREFILL). ``decode_tune_runs``: compiles of the
-    batch-1 decode step on CUDA, the fastest kept (1: one, untuned; the command line's default: DECODE_TUNE_RUNS)."""
+    batch-1 decode step on CUDA, the fastest kept (1: one, untuned; see DECODE_TUNE_RUNS)."""
     device_t = torch.device(device)
     version_dir = model_dir / "1"
     pkg = Path(__file__).parents[1]
@@ -193,9 +194,10 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
         if decode_tune_runs > 1:
             with step(f"tune the batch-1 decode step: {decode_tune_runs} compiles from empty caches, keep the fastest"):
                 tuning = tune_b1(engine, decode_tune_runs)
+        tuned = tuning is not None and "winner" in tuning
         with step("compile the steps and capture every step profile once (fills the inductor cache)"):
-            engine.warm_up(reuse_tuned=bool(tuning and "winner" in tuning))  # the rest tuned now, and saved
-        if tuning and "winner" in tuning:
+            engine.warm_up(reuse_tuned=tuned)  # the rest tuned now, and saved
+        if tuned:
             from llmprofiles.generation.tuning import served_b1_ms
 
             tuning["final_ms"] = final = served_b1_ms(engine)

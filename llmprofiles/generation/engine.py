@@ -304,7 +304,7 @@ class GenerationEngine:
             if self.cuda_graphs:
                 lengths = [kv_len for kv_len in self.kv_lengths if kv_len >= seq]
                 if self.fresh_chunk(i, [0]):  # a batched prefill is whole prompts from position 0 (prefill_many)
-                    lengths = [0] if batch > 1 and seq > 1 else [*lengths, 0]
+                    lengths = [0] if batch > 1 else [*lengths, 0]
                 for key in sorted({self.graph_key(i, kv_len) for kv_len in lengths}):
                     graph, buffers, _ = self._graph(*key)
                     graph.replay()

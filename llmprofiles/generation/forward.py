@@ -224,7 +224,7 @@ class KVForward(torch.nn.Module):
         # A kernel decode step compiled whole (see decode_step); else layer by layer.
         self.whole_decode = compile if whole_decode is None else whole_decode
         self.compiled = compile
-        # A prompt's first chunk attends only to itself (see fresh_prefill), compiled whole once for every length.
+        # A prompt's first chunk attends only to itself (see fresh_prefill), compiled whole with dynamic shapes.
         self.fresh = fresh_prefill
         self.decode_b1, self.decode_batch, self.prefill_fresh = self._decode_b1, self._decode_batch, self.fresh_prefill
         if compile:
