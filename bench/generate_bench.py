@@ -139,7 +139,8 @@ def environment(a) -> dict:
             "python": platform.python_version(), "tritonserver_wheel": package_version("nvidia-pytriton"),
             "perf_analyzer_wheel": package_version("perf-analyzer"), "date": datetime.date.today().isoformat(),
             "manifest": {k: manifest.get(k) for k in ("model", "dtype", "device", "runtime", "generation",
-                                                      "decode_attention", "decode_pdl")}}
+                                                      "decode_attention", "decode_pdl", "fresh_prefill",
+                                                      "decode_b1_tuning")}}
 
 
 def check_build(a) -> dict:

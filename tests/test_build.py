@@ -60,3 +60,31 @@ def test_build_writes_triton_config_and_a_verifiable_manifest(tmp_path):
     assert read_manifest(tmp_path / "llm_single" / "1")["profile_set"] == "single"
     config = (tmp_path / "llm_single" / "config.pbtxt").read_text()
     assert "KIND_CPU" in config and 'string_value: "prefill"' in config
+
+
+def test_a_generate_build_cut_short_is_not_up_to_date(tmp_path, monkeypatch, capsys):
+    """On CUDA the build warms every step profile (minutes) after writing the manifest the engine loads from; cut
+    there, the next build must build again, not call the half-built version up to date (the server would then
+    compile at start-up). Cut here where the CPU build does its last step."""
+    from llmprofiles.generation import build as gen_build
+    from llmprofiles.profiles.sets import GENERATE
+
+    spec = GENERATE["tiny"].replace(slots=2, max_context=64, decode_buckets=(1, 2), prefill_buckets=(32,))
+    args = ("tiny", spec, "cpu", "float32", tmp_path / "generate", 4)
+    real = gen_build.write_triton_config
+
+    def cut(*a, **kw):
+        raise KeyboardInterrupt("make was stopped")
+
+    monkeypatch.setattr(gen_build, "write_triton_config", cut)
+    with pytest.raises(KeyboardInterrupt):
+        gen_build.build_generate(*args)
+    assert (tmp_path / "generate" / "1" / "manifest.json").is_file()  # written, the build not done
+    monkeypatch.setattr(gen_build, "write_triton_config", real)
+    capsys.readouterr()
+    done = gen_build.build_generate(*args)
+    out = capsys.readouterr().out
+    assert "up to date" not in out and "building generate engine" in out
+    gen_build.build_generate(*args)
+    assert "up to date" in capsys.readouterr().out
+    assert read_manifest(tmp_path / "generate" / "1")["inputs_hash"] == done["inputs_hash"]

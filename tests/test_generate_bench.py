@@ -440,3 +440,25 @@ def test_prefill_timing_takes_a_batch_of_whole_prompts_and_the_report_shows_it_p
     assert b1_tuning({"decode_b1_tuning": tuned}) == ("best of 3 compiles (replay ms 1.300, failed, 1.200; kept 1.200, "
                                                       "served 1.210)")
     assert b1_tuning({"decode_b1_tuning": {"runs": 3, "error": "boom"}}) == "tuning failed (boom), one compile"
+
+
+def test_the_report_header_reads_the_builds_fresh_prefill_and_tuning_from_its_manifest(tmp_path):
+    """environment() copies what the report's header says of the build from the built manifest (it once left out
+    fresh_prefill and decode_b1_tuning, so a tuned fresh build was reported untuned and without the fresh prefill)."""
+    from bench.generate_bench import environment
+    from llmprofiles.manifest import write_manifest
+    from llmprofiles.profiles.sets import generate_spec
+
+    version = tmp_path / "generate" / "1"
+    version.mkdir(parents=True)
+    spec = generate_spec("tiny")
+    tuning = {"runs": 3, "attempts": [{"attempt": 0, "ms": 1.5}, {"attempt": 1, "ms": 1.33}], "winner": 1,
+              "winner_ms": 1.33, "final_ms": 1.37}
+    write_manifest(version, {"model": "tiny", "dtype": "float16", "device": "cuda", "runtime": "kv-portable",
+                             "generation": spec.to_dict(), "profiles": spec.profiles().to_dict(),
+                             "fresh_prefill": True, "decode_b1_tuning": tuning}, [])
+    s = met_state()
+    s["env"] = environment(argparse.Namespace(repo=tmp_path, device="cpu"))
+    md = report(s)
+    assert "first chunk attending only to itself: True" in md
+    assert "batch-1 decode step: best of 3 compiles (replay ms 1.500, 1.330; kept 1.330, served 1.370)" in md

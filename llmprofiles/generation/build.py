@@ -166,7 +166,9 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
             files = tok.train_bpe(hf.config.vocab_size, version_dir, spec.max_context)
         else:
             files = tok.copy_tokenizer(Path(source), version_dir)
-    fields = {"inputs_hash": inputs_hash, "model": source, "runtime": RUNTIME, "generation": spec.to_dict(),
+    # inputs_hash goes in last, with the build complete: a build cut short (in the CUDA warm-up, minutes) is not
+    # "up to date" for the next one, which builds again instead of leaving the server to compile at start-up.
+    fields = {"model": source, "runtime": RUNTIME, "generation": spec.to_dict(),
               "profiles": profiles.to_dict(), "device": device_t.type, "dtype": dtype,
               "vocab_size": hf.config.vocab_size, "versions": inputs["versions"]}
     if device_t.type == "cuda":
@@ -183,9 +185,9 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
                 fields["decode_pdl"] = bool(torch.cuda.get_device_capability(device_t)[0] >= 9 and pdl_works(device_t))
         print(f"{model_dir.name}: decode PDL: {fields['decode_pdl']}")
         fields["fresh_prefill"] = fresh_prefill
-    manifest = write_manifest(version_dir, fields, [MODEL_CONFIG, WEIGHTS, *files])
+    artifacts = [MODEL_CONFIG, WEIGHTS, *files]
+    manifest = write_manifest(version_dir, fields, artifacts)  # the engine loads from it; incomplete until the end
     write_triton_config(model_dir, device_t, max_queue)
-    print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
     if device_t.type == "cuda":
         from llmprofiles.generation.engine import load_generation_engine
 
@@ -208,7 +210,9 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
                 log.warning("the built batch-1 decode step replays in %.4f ms, the kept attempt in %.4f ms: its kernels "
                             "may not have been reused", final, tuning["winner_ms"])
         if tuning:
-            manifest = write_manifest(version_dir, {**fields, "decode_b1_tuning": tuning}, list(manifest["files"]))
+            fields["decode_b1_tuning"] = tuning
+    manifest = write_manifest(version_dir, {**fields, "inputs_hash": inputs_hash}, artifacts)
+    print(f"{model_dir.name}: wrote {version_dir}/manifest.json (content {manifest['content_hash'][:12]})")
     return manifest
 
 
