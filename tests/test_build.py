@@ -88,3 +88,18 @@ def test_a_generate_build_cut_short_is_not_up_to_date(tmp_path, monkeypatch, cap
     gen_build.build_generate(*args)
     assert "up to date" in capsys.readouterr().out
     assert read_manifest(tmp_path / "generate" / "1")["inputs_hash"] == done["inputs_hash"]
+
+
+@pytest.mark.parametrize("argv, batches", [
+    (["--device", "cuda"], (1, 2, 4)),                              # several prompts per prefill step on a GPU
+    (["--device", "cuda", "--slots", "2", "--decode-buckets", "1,2"], (1, 2)),  # within the slots
+    (["--device", "cuda", "--prefill-batches", "1"], (1,)),          # GEN_PREFILL_BATCHES=1 turns it off
+    (["--device", "cpu"], (1,)),                                     # a CPU's batch costs its prompts' sum
+])
+def test_generate_build_prefill_batches_default_by_device(monkeypatch, tmp_path, argv, batches):
+    from llmprofiles.generation import build as gen_build
+
+    seen = {}
+    monkeypatch.setattr(gen_build, "build_generate", lambda source, spec, *a: seen.setdefault("spec", spec))
+    gen_build.main(["--model", "tiny", "--out", str(tmp_path / "generate"), *argv])
+    assert seen["spec"].prefill_batches == batches

@@ -324,6 +324,10 @@ def test_small_build_declares_its_overridden_profiles(small):
     assert manifest["profiles"]["names"] == ["decode_b1", "decode_b2", "prefill_16", "prefill_32", "prefill_b2_16",
                                              "prefill_b2_32"]
     assert manifest["generation"]["slots"] == 2 and manifest["generation"]["prefill_batches"] == [1, 2]
+    # Where start-up goes, per step profile, in the server's log (the H200's start-up has grown with each compile).
+    log = small.log_path.read_text(errors="replace")
+    line = next(x for x in log.splitlines() if "warm-up s per step profile" in x)
+    assert "engine loaded in" in line and all(f"'{n}': " in line for n in manifest["profiles"]["names"])
 
 
 def test_a_stream_interval_sends_the_first_token_alone_then_groups_of_tokens(tmp_path):

@@ -7,7 +7,7 @@ rm -f bench/tmp/tests.done
 (export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-tests
  tmo 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py tests/test_decode_attention.py \
    > "$LOG/gpu_tests_generate.log" 2>&1; el generate GPU tests rc=$?; touch bench/tmp/tests.done) & P0=$!
-tmo 330 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build.log" 2>&1
+tmo 520 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build.log" 2>&1
 el generate build rc=$?
 wait_for bench/tmp/tests.done
 VS=$(for k in ${DS_VARIANTS:-1 2 4 8}; do printf -- '--stream-variant decode_steps=%s ' "$k"; done)

@@ -7,9 +7,9 @@ rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude="./$CARRY" -cf - . |
 B="PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate TUNE_RUNS=1"
 T="--phase triton --server-pythonpath /tmp/np1 --perf-analyzer /none --concurrency 1,64 --sweep-seconds 10 --steady-repeats 3"
 (export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 330 make build $B GEN_FRESH_PREFILL=0 > "$LOG/gen_build_default.log" 2>&1; el default build rc=$?) & P1=$!
+ tmo 520 make build $B GEN_FRESH_PREFILL=0 > "$LOG/gen_build_default.log" 2>&1; el default build rc=$?) & P1=$!
 (export CUDA_VISIBLE_DEVICES=0 && cd .w2 && export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
- tmo 330 make build $B GEN_FRESH_PREFILL=1 > "$LOG/gen_build_fresh.log" 2>&1; el fresh-prefill build rc=$?
+ tmo 520 make build $B GEN_FRESH_PREFILL=1 > "$LOG/gen_build_fresh.log" 2>&1; el fresh-prefill build rc=$?
  tmo 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py > "$LOG/gpu_tests_generate.log" 2>&1
  el generate GPU tests rc=$?) & P0=$!
 wait $P1 $P0

@@ -70,8 +70,18 @@ DECODE_PDL = False
 # The probe (bench/probes/prefill_step.py, session 13): prefill_128's graph replay 1.95 ms against 2.45 through the
 # pool; logits within 0.009 of the pool path's in fp16.
 FRESH_PREFILL = True
+# Prompts per prefill step on CUDA when --prefill-batches is not given (the model's spec declares 1): whole prompts of
+# one length bucket prefilled together (Scheduler._batchable). Served on the H200 (x2 host, one tuned fresh build of
+# each, one Triton run each on different GPUs; session 15, bench/results/2026-11-30-session15-prefill-batches/): at 64
+# streams 21,944 tokens/s against 19,943 with one prompt per step, ITL p50 2.15 against 2.70 ms, TTFT p99 73 against
+# 169 ms; its costs: ITL p99 9.15 against 4.76 ms (a four-prompt step, 3.4 ms, between two decode steps), TTFT p50
+# 35.5 against 20.1 ms, one more compile at build and server start-up 122 against 93 s. 434 of its 463 prefill steps
+# took four prompts: prompts prefilled together finish together and come back together. On a CPU a batch costs its
+# prompts' sum, so one.
+PREFILL_BATCHES = {"cuda": (1, 2, 4), "cpu": (1,)}
 # Compiles of the batch-1 decode step at build on CUDA, the fastest kept (--decode-tune-runs; generation/tuning.py).
-# Not yet measured on the GPU: fresh builds' steps replayed 1.525 and 1.425 ms with one compile each (H200, session 13).
+# On the H200 (session 15, a fresh build): attempts replayed in 1.515, 1.329 and 1.945 ms; the kept 1.329 served at
+# 1.374, the engine phase's call 1.386 ms (two fresh builds of one compile each: 1.525 and 1.425, session 13).
 DECODE_TUNE_RUNS = 3
 CODE = ["generation/build.py", "generation/tuning.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
@@ -241,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decode-buckets", type=parse_buckets, help="decode batch buckets, e.g. 1,2,4,8")
     p.add_argument("--prefill-buckets", type=parse_buckets, help="prefill length buckets, e.g. 64,128,256")
     p.add_argument("--prefill-batches", type=parse_buckets,
-                   help="prompts per prefill step, from 1, e.g. 1,2,4 (default: the model's declared spec)")
+                   help="prompts per prefill step, from 1, e.g. 1,2,4 (default: 1,2,4 on CUDA, 1 on CPU; "
+                        "see PREFILL_BATCHES)")
     p.add_argument("--max-queue", type=int, help="requests that may wait for a slot (default: 4 x slots)")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
     p.add_argument("--decode-pdl", action=argparse.BooleanOptionalAction, default=DECODE_PDL,
@@ -257,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = generate_spec(a.model).replace(slots=a.slots, max_context=a.max_context,
                                               decode_buckets=a.decode_buckets, prefill_buckets=a.prefill_buckets,
                                               prefill_batches=a.prefill_batches)
+        if a.prefill_batches is None:  # the device's default, within the slots
+            spec = spec.replace(prefill_batches=tuple(b for b in PREFILL_BATCHES[a.device] if b <= spec.slots))
     except (TypeError, ValueError) as e:
         raise SystemExit(f"generate spec: {e}") from None
     max_queue = a.max_queue if a.max_queue is not None else 4 * spec.slots

@@ -14,6 +14,7 @@ thread, after the metrics that count them (``llmprofiles.serving.generate.Finals
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ class TritonPythonModel:
                             "unavailable": pb_utils.TritonError.UNAVAILABLE, "internal": pb_utils.TritonError.INTERNAL}
         device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        t0 = time.perf_counter()
         self.engine = load_generation_engine(version_dir, device)  # EngineLoadError fails the load: `make build`
+        loaded_s = time.perf_counter() - t0
         self.tokenizer = Tokenizer(version_dir)
         self.limits = Limits(self.engine.vocab_size, self.engine.spec.max_context)
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -70,15 +73,17 @@ class TritonPythonModel:
                                    cancel_check_s=cancel_check_ms / 1e3, send_budget_s=send_budget_ms / 1e3,
                                    decode_steps=decode_steps)
         self.scheduler.start()
-        self._warm_up()
-        pb_utils.Logger.log_info(f"{config['name']}: step profiles {list(self.engine.profiles.names)}, "
-                                 f"{self.engine.spec.slots} slots x {self.engine.spec.max_context} on {device}, "
-                                 f"stream_interval {interval}, send_threads {send_threads}, send_budget_ms {send_budget_ms:g}, "
-                                 f"cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}")
+        warm = self._warm_up()
+        pb_utils.Logger.log_info(f"{config['name']}: {self.engine.spec.slots} slots x {self.engine.spec.max_context} "
+                                 f"on {device}, stream_interval {interval}, send_threads {send_threads}, send_budget_ms "
+                                 f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}; "
+                                 f"engine loaded in {loaded_s:.1f} s, then warm-up s per step profile (start-up's "
+                                 f"parts) {dict(zip(self.engine.profiles.names, (round(t, 1) for t in warm)))}")
 
     def _warm_up(self):
-        """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread."""
-        self.engine.warm_up()
+        """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread.
+        Seconds per profile."""
+        times = self.engine.warm_up()
         spec = self.engine.spec
         for length in (1, *spec.prefill_buckets, spec.max_chunk + 1):
             if length + 2 > spec.max_context:
@@ -87,6 +92,7 @@ class TritonPythonModel:
             self.scheduler.submit(GenerateRequest([3] * length, max_tokens=2, stream=True, sink=done))
             if not done.wait(600):
                 raise RuntimeError(f"warm-up request of {length} tokens did not finish")
+        return times
 
     def _send(self, out):  # the scheduler thread, or a sender thread of the pump
         sink = out.request.sink
