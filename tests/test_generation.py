@@ -691,13 +691,13 @@ def test_decode_is_overlapped_the_next_step_launches_before_the_host_takes_the_l
     reach the host after."""
     engine = make_engine(hf)
     calls, outs = [], []
-    real_decode = engine.decode
+    real_decode = engine.decode_greedy  # greedy rows: the step chooses their tokens
 
-    def decode(slots, tokens, positions):
+    def decode(slots, tokens, positions, banned):
         calls.append((isinstance(tokens, torch.Tensor), sum(len(o.ids) for o in outs)))
-        return real_decode(slots, tokens, positions)
+        return real_decode(slots, tokens, positions, banned)
 
-    engine.decode = decode
+    engine.decode_greedy = decode
     sched = Scheduler(engine, _NullTok(), outs.append, overlap=True)
     p = prompts(6)[0]
     sched.submit(GenerateRequest(p, max_tokens=6, min_tokens=6, stream=True))
@@ -898,13 +898,13 @@ def test_with_several_decode_steps_a_first_token_leaves_once_the_iterations_firs
     TTFT does not grow with decode_steps (it did: 13.1 ms at 64 streams with one step, 43.8 with four)."""
     engine = make_engine(hf)
     calls, outs = [], []
-    real_decode = engine.decode
+    real_decode = engine.decode_greedy  # greedy rows: the step chooses their tokens
 
-    def decode(slots, tokens, positions):
+    def decode(slots, tokens, positions, banned):
         calls.append(sum(len(o.ids) for o in outs))
-        return real_decode(slots, tokens, positions)
+        return real_decode(slots, tokens, positions, banned)
 
-    engine.decode = decode
+    engine.decode_greedy = decode
     sched = Scheduler(engine, _NullTok(), outs.append, overlap=True, decode_steps=3)
     sched.submit(GenerateRequest(prompts(6)[0], max_tokens=8, min_tokens=8, stream=True))
     run(sched)
@@ -930,3 +930,55 @@ def test_tuning_the_batch_1_step_is_refused_without_cuda_graphs_and_the_build_go
         tune_decode_b1(e, 2)
     record = tune_b1(e, 2)
     assert record["runs"] == 2 and "needs CUDA graphs" in record["error"] and "winner" not in record
+
+
+def test_a_greedy_decode_step_chooses_its_tokens_as_sampling_its_logits_would_bans_included(hf):
+    """decode_greedy (on CUDA inside the captured graph) gives sample_tensor's choice over decode's logits: the
+    argmax, or the next best where a row's banned token (an end id before min_tokens) is the argmax."""
+    from llmprofiles.generation.sampler import sample_tensor
+
+    e = make_engine(hf)
+    slots, positions, inputs = [0, 1], [0, 0], [5, 9]
+    logits, index = e.decode(slots, inputs, positions)
+    top = logits.argmax(dim=-1).tolist()
+    for banned in ([None, None], [top[0], None], [top[0], top[1]], [3, top[1]]):
+        want = sample_tensor(logits.clone(), [SamplingParams()] * 2, [None] * 2, banned).tolist()
+        tokens, greedy_index = e.decode_greedy(slots, inputs, positions, banned)
+        assert tokens.tolist() == want and greedy_index == index
+        if banned[1] is not None:
+            assert want[1] != top[1]  # the ban moved the choice
+    assert e.decode_greedy(slots, torch.tensor(inputs), positions, [None] * 2)[0].tolist() == top
+    with pytest.raises(SelectionError, match=r"banned tokens \[32000\] go with decode steps only, each in \[-1, 31999\]"):
+        e.decode_greedy([0], [5], [0], [32000])
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_greedy_rows_get_the_same_tokens_from_the_steps_choice_as_from_sampling_its_logits(hf, overlap):
+    """graph_greedy (the default) takes a greedy step's tokens from decode_greedy, and a step with a sampled row from
+    sample_tensor; graph_greedy=False samples every step's logits. Same tokens and finishes either way, with the end
+    token banned under min_tokens and a request stopped by its end token."""
+    ps = prompts(5, 7, 6, 9)
+
+    def serve(graph_greedy):
+        e, outs, calls = make_engine(hf), {}, {"greedy": 0, "logits": 0}
+        real_greedy, real_decode = e.decode_greedy, e.decode
+        e.decode_greedy = lambda *a: (calls.__setitem__("greedy", calls["greedy"] + 1), real_greedy(*a))[1]
+        e.decode = lambda *a: (calls.__setitem__("logits", calls["logits"] + 1), real_decode(*a))[1]
+        sched = Scheduler(e, _NullTok(), lambda o: outs.setdefault(id(o.request), []).append(o), overlap=overlap,
+                          graph_greedy=graph_greedy)
+        reqs = [GenerateRequest(ps[0], max_tokens=9, min_tokens=9), GenerateRequest(ps[1], max_tokens=6),
+                GenerateRequest(ps[2], max_tokens=8, min_tokens=3, end_id=-1),
+                GenerateRequest(ps[3], max_tokens=7, sampling=SamplingParams(temperature=1.0, seed=3))]
+        for r in reqs[:3]:
+            sched.submit(r)
+        run(sched)  # greedy rows alone
+        sched.submit(reqs[3])
+        sched.submit(GenerateRequest(ps[0], max_tokens=5))
+        run(sched)  # a sampled row beside a greedy one
+        got = [[(list(o.ids), o.finish_reason) for o in outs[id(r)]] for r in reqs]
+        return got, calls, e.pool.used
+
+    on, calls_on, used_on = serve(True)
+    off, calls_off, used_off = serve(False)
+    assert on == off and used_on == used_off == 0
+    assert calls_off["greedy"] == 0 and calls_on["greedy"] > 0 and calls_on["logits"] > 0

@@ -146,6 +146,38 @@ def test_the_batch_1_decode_step_keeps_the_fastest_of_its_compiles_and_the_warm_
         assert greedy(tuned, [prompt], 8) == greedy(eager, [prompt], 8)
 
 
+def test_a_greedy_step_chooses_inside_its_graph_as_sampling_its_logits_would(graphed):
+    """decode_greedy's tokens come from the captured graph (greedy_banned after the step): sample_tensor's choice
+    over decode's logits, a banned argmax giving way to the next best, at every decode bucket."""
+    from llmprofiles.generation.sampler import SamplingParams, sample_tensor
+
+    for b in SPEC.decode_buckets:
+        slots, inputs, positions = list(range(b)), [5 + 3 * i for i in range(b)], [0] * b
+        logits, index = graphed.decode(slots, inputs, positions)
+        top = logits.argmax(dim=-1).tolist()
+        for banned in ([None] * b, [t if i % 2 == 0 else None for i, t in enumerate(top)], top):
+            want = sample_tensor(logits.clone(), [SamplingParams()] * b, [None] * b, list(banned)).tolist()
+            tokens, greedy_index = graphed.decode_greedy(slots, inputs, positions, list(banned))
+            assert tokens.device.type == "cuda" and greedy_index == index
+            assert tokens.tolist() == want
+        assert want != top  # every argmax banned
+
+
+def test_greedy_tokens_are_the_same_with_the_graphs_choice_or_sampled_logits(graphed):
+    outs = {}
+    for graph_greedy in (True, False):
+        got: dict[int, list[int]] = {}
+        sched = Scheduler(graphed, _Tok(), lambda o: got.setdefault(id(o.request), []).extend(o.ids),
+                          graph_greedy=graph_greedy)
+        reqs = [GenerateRequest(p, max_tokens=12, min_tokens=12) for p in PROMPTS]
+        for r in reqs:
+            sched.submit(r)
+        while sched.run_once():
+            pass
+        outs[graph_greedy] = [got[id(r)] for r in reqs]
+    assert outs[True] == outs[False]
+
+
 def test_no_compile_and_no_capture_at_request_time(graphed):
     from torch._dynamo.utils import counters
 

@@ -24,6 +24,7 @@ import torch
 
 from bench.generate_bench import with_host
 from llmprofiles.generation.kvcache import SlotPool
+from llmprofiles.generation.sampler import greedy_banned
 from llmprofiles.generation.scheduler import TIME_PARTS, GenerateRequest, Observer, Scheduler
 from llmprofiles.generation.tokenizer import Tokenizer
 from llmprofiles.profiles.generation import GenerationSpec
@@ -45,6 +46,10 @@ class InstantEngine:
 
     def decode(self, slots, tokens, positions):
         return self.logits[:len(slots)], 0
+
+    def decode_greedy(self, slots, tokens, positions, banned):  # as GenerationEngine's: the step's own choice
+        bans = torch.tensor([-1 if b is None else b for b in banned])
+        return greedy_banned(self.logits[:len(slots)].clone(), bans), 0
 
     def prefill(self, slot, tokens, start):
         return self.logits[:1], len(self.spec.decode_buckets)

@@ -55,6 +55,13 @@ SEND_BUDGET_MS = 0.5
 # for the GPU (one pinned input buffer per profile; now a ring of them). With the ring, in the run of record
 # (bench/results/2026-11-30-nvidia-h200-generate.md): 18,335 tokens/s with 1, 19,968 with 2, 19,716 with 4.
 DECODE_STEPS = {"cuda": 2, "cpu": 1}
+# 1: a decode step whose rows all choose greedily takes their tokens from the step itself, chosen inside its captured
+# graph (GenerationEngine.decode_greedy), so the scheduler launches no ban, argmax or copy of the logits after the
+# replay; 0: sample_tensor over the step's logits, as for sampled rows. The same tokens either way (CPU and GPU
+# tests). Built after session 15's run, where the H200 server at 64 streams was host-bound (the host waited 0.19 ms
+# per step for the GPU) and sampling took 0.37 ms of the host's 2.74 ms per step. Not yet measured on a GPU: the
+# stream phase's `--stream-variant graph_greedy=0` is its A/B.
+GRAPH_GREEDY = 1
 # Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
 # from the cache it kept 1.27-1.31), but the served steps of two fresh builds replayed in 1.93 and 1.52 ms
@@ -126,7 +133,8 @@ parameters [
   {{ key: "send_threads", value: {{ string_value: "{SEND_THREADS}" }} }},
   {{ key: "stream_interval", value: {{ string_value: "{STREAM_INTERVAL}" }} }},
   {{ key: "send_budget_ms", value: {{ string_value: "{SEND_BUDGET_MS}" }} }},
-  {{ key: "decode_steps", value: {{ string_value: "{DECODE_STEPS[device.type]}" }} }}
+  {{ key: "decode_steps", value: {{ string_value: "{DECODE_STEPS[device.type]}" }} }},
+  {{ key: "graph_greedy", value: {{ string_value: "{GRAPH_GREEDY}" }} }}
 ]
 """)
 

@@ -26,6 +26,7 @@ import torch
 
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
 from llmprofiles.generation.kvcache import SlotPool, allocate_pool
+from llmprofiles.generation.sampler import greedy_banned
 from llmprofiles.manifest import EngineLoadError, read_manifest
 from llmprofiles.profiles.generation import GenerationSpec
 from llmprofiles.profiles.selection import SelectionError, select_profile
@@ -42,19 +43,22 @@ HOST_RING = 4
 class StepInputs:
     """The inputs of one step, packed in one int64 buffer so a step needs one host-to-device copy.
 
-    Views: ``tokens``, ``positions``, ``write_slots``, ``write_pos`` ``[B, S]``; ``slots``, ``last`` ``[B]``.
+    Views: ``tokens``, ``positions``, ``write_slots``, ``write_pos`` ``[B, S]``; ``slots``, ``last``, ``banned``
+    ``[B]`` (``banned``: a token each row's greedy choice may not take, -1 for none; decode steps only).
     """
+
+    NAMES = ("tokens", "positions", "write_slots", "write_pos", "slots", "last", "banned")
 
     def __init__(self, batch: int, seq: int, device: torch.device, pin: bool = False):
         n = batch * seq
-        self.data = torch.zeros(4 * n + 2 * batch, dtype=torch.int64, device=device, pin_memory=pin)
+        self.data = torch.zeros(4 * n + 3 * batch, dtype=torch.int64, device=device, pin_memory=pin)
         self.tokens, self.positions, self.write_slots, self.write_pos = (
             self.data[i * n:(i + 1) * n].view(batch, seq) for i in range(4))
-        self.slots, self.last = self.data[4 * n:4 * n + batch], self.data[4 * n + batch:]
+        self.slots, self.last, self.banned = (self.data[4 * n + i * batch:4 * n + (i + 1) * batch] for i in range(3))
+        self.banned.fill_(-1)
         self.copied: torch.cuda.Event | None = None  # a pinned buffer's last copy to the device, until it is done
         if self.data.device.type == "cpu":  # numpy views of the same memory: the host fills these per step
-            self.np = {name: getattr(self, name).numpy()
-                       for name in ("tokens", "positions", "write_slots", "write_pos", "slots", "last")}
+            self.np = {name: getattr(self, name).numpy() for name in self.NAMES}
 
     def fill(self, host: StepInputs) -> None:
         """Queue the copy of ``host``'s inputs into these; from pinned memory it is asynchronous, so ``host`` records
@@ -121,6 +125,7 @@ class GenerationEngine:
         self.graph_pool = None
         self.capture_stream = None  # one for every capture: each stream holds its own cuBLAS workspace
         self.graph_out: dict[int, torch.Tensor] = {}  # per profile: the logits its graphs write, whatever kv_len
+        self.graph_tokens: dict[int, torch.Tensor] = {}  # per decode profile: its rows' greedy tokens (decode_greedy)
         self._selected: dict[tuple[int, int], int] = {}
 
     # --- profile choice --------------------------------------------------------
@@ -159,6 +164,21 @@ class GenerationEngine:
             return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens), index
         return self._run(index, [[t] for t in tokens], slots, positions), index
 
+    def decode_greedy(self, slots: list[int], tokens: list[int] | torch.Tensor, positions: list[int],
+                      banned: list[int | None]) -> tuple[torch.Tensor, int]:
+        """:meth:`decode` for rows that all choose greedily: each row's argmax token (int64 ``[len(slots)]``, on the
+        device), never its ``banned`` token (an end id before min_tokens; None for none), and the profile used.
+
+        On CUDA the choice is part of the step's captured graph (:func:`greedy_banned` on its logits), so the host
+        launches nothing after the replay but a copy of the tokens; the logits stay in the graph's buffer. The
+        same tokens as :func:`llmprofiles.generation.sampler.sample_tensor` over :meth:`decode`'s logits.
+        """
+        index = self.select(len(slots), 1)
+        bans = [-1 if b is None else b for b in banned]
+        if isinstance(tokens, torch.Tensor):
+            return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens, banned=bans), index
+        return self._run(index, [[t] for t in tokens], slots, positions, banned=bans), index
+
     def _check(self, rows: list[list[int]], slots: list[int], starts: list[int]) -> None:
         # Whole-batch bounds first (a few builtins over the step), the row at fault only when one fails.
         ctx = self.spec.max_context
@@ -173,7 +193,8 @@ class GenerationEngine:
             bad = next(t for t in tokens if not 0 <= t < self.vocab_size)
             raise SelectionError(f"token id {bad} is out of range [0, {self.vocab_size - 1}]")
 
-    def _host_inputs(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int]) -> StepInputs:
+    def _host_inputs(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int],
+                     banned: list[int] | None = None) -> StepInputs:
         """The profile's padded inputs, written into the next (pinned, reused) host buffer of its ring.
 
         Through numpy views of the buffer: a dozen small torch ops cost ~0.4 ms per step on the CPU
@@ -208,13 +229,20 @@ class GenerationEngine:
         a["last"][:n] = lengths - 1
         # Padding writes go to the scratch slot, at a position inside the pool.
         np.copyto(a["write_pos"], np.where(write_slots == scratch, np.minimum(positions, ctx - 1), positions))
+        a["banned"].fill(-1)
+        if banned is not None:
+            a["banned"][:n] = banned
         return x
 
     def _run(self, index: int, rows: list[list[int]], slots: list[int], starts: list[int],
-             device_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """One step; ``device_tokens`` (one per row, decode only) replace the rows' tokens on the device."""
+             device_tokens: torch.Tensor | None = None, banned: list[int] | None = None) -> torch.Tensor:
+        """One step; ``device_tokens`` (one per row, decode only) replace the rows' tokens on the device. The step's
+        logits; with ``banned`` (decode only, :meth:`decode_greedy`) each row's greedy token instead."""
         self._check(rows, slots, starts)
-        host = self._host_inputs(index, rows, slots, starts)
+        if banned is not None and (self.step_shapes[index][1] != 1 or
+                                   max(banned) >= self.vocab_size or min(banned) < -1):
+            raise SelectionError(f"banned tokens {banned} go with decode steps only, each in [-1, {self.vocab_size - 1}]")
+        host = self._host_inputs(index, rows, slots, starts, banned)
         n = len(rows)
         needed = max(s + len(r) for r, s in zip(rows, starts))
         if self.fresh_chunk(index, starts):
@@ -227,6 +255,8 @@ class GenerationEngine:
             graph.replay()
             # The next replay overwrites out. The whole bucket is copied: one block size per profile for the caching
             # allocator to reuse, where a copy of n rows made a new size whenever the batch changed.
+            if banned is not None:
+                return self.graph_tokens[index].clone()[:n]
             return out.clone()[:n]
         x = host
         if self.device.type != "cpu":  # eager on a GPU (tests): one copy to the device
@@ -235,7 +265,8 @@ class GenerationEngine:
         if device_tokens is not None:
             x.tokens[:n, 0] = device_tokens
         with torch.inference_mode():
-            return self._forward(x, needed)[:n]
+            logits = self._forward(x, needed)
+            return greedy_banned(logits, x.banned)[:n] if banned is not None else logits[:n]
 
     def fresh_chunk(self, index: int, starts: list[int]) -> bool:
         """Whether a prefill step of profile ``index`` from ``starts`` is a prompt's first chunk that attends only
@@ -271,9 +302,12 @@ class GenerationEngine:
                 self.graph_pool = torch.cuda.graph_pool_handle()
             stream = self.capture_stream
             stream.wait_stream(torch.cuda.current_stream(self.device))
+            decode = self.step_shapes[index][1] == 1
             with torch.cuda.stream(stream), torch.inference_mode():
                 for _ in range(2):  # compile (first time only) and settle allocations before capture
                     logits = self._forward(buffers, kv_len)
+                    if decode:  # what the graph runs after the step, run once before it is captured
+                        greedy_banned(logits.clone(), buffers.banned)
                 if index not in self.graph_out:  # outside the graphs' pool: it outlives every capture
                     self.graph_out[index] = torch.empty_like(logits)
             torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -281,8 +315,12 @@ class GenerationEngine:
             graph = torch.cuda.CUDAGraph()
             # One pool for every graph: they never run at once. Each writes its logits into its profile's
             # buffer, so what it allocated inside is free for the next capture; a step clones the buffer.
+            if decode and index not in self.graph_tokens:
+                self.graph_tokens[index] = torch.empty(out.shape[0], dtype=torch.int64, device=self.device)
             with torch.cuda.graph(graph, pool=self.graph_pool, stream=stream), torch.inference_mode():
                 out.copy_(self._forward(buffers, kv_len))
+                if decode:  # each row's greedy token too, for decode_greedy (bans written into out: -1 bans none)
+                    self.graph_tokens[index].copy_(greedy_banned(out, buffers.banned))
             self.graphs[key] = (graph, buffers, out)
         return self.graphs[key]
 

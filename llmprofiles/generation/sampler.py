@@ -115,6 +115,16 @@ def sample_tensor(logits: torch.Tensor, params: list[SamplingParams], generators
     return out
 
 
+def greedy_banned(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax (int64 ``[rows]``), never its ``banned`` token (``banned[i]`` -1: none): :func:`ban` then
+    argmax in a fixed number of kernels whatever the bans, so a captured decode graph can hold it. The bans are
+    written into ``logits`` (the caller's scratch, as :func:`sample_tensor`'s)."""
+    index = banned.clamp(min=0)[:, None]
+    # masked_fill's value is a kernel argument: nothing is made on the device (a capture would own it).
+    logits.scatter_(1, index, logits.gather(1, index).masked_fill(banned[:, None] >= 0, float("-inf")))
+    return logits.argmax(dim=-1)
+
+
 def generator_for(params: SamplingParams, device: torch.device) -> torch.Generator | None:
     """A generator seeded from the request (a fresh random seed when it gives none); None when greedy."""
     if params.greedy:

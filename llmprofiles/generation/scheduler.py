@@ -176,8 +176,11 @@ class Scheduler:
 
     def __init__(self, engine, tokenizer, emit: Callable[[Output], None], max_queue: int = 64,
                  observer: Observer | None = None, cancel_check_s: float = 0.0, overlap: bool | None = None,
-                 send_budget_s: float = 0.0, decode_steps: int = 1):
+                 send_budget_s: float = 0.0, decode_steps: int = 1, graph_greedy: bool = True):
         self.engine, self.tokenizer, self._emit = engine, tokenizer, emit
+        # A decode step whose rows all choose greedily takes their tokens from the engine's step
+        # (GenerationEngine.decode_greedy: on CUDA inside the captured graph), not from sample_tensor over its logits.
+        self.graph_greedy = graph_greedy
         # Decode steps launched per iteration (see _decode): the host's per-iteration work is paid once for that
         # many steps (its work per token of each row, taking and ending, is not).
         if decode_steps < 1:
@@ -495,13 +498,18 @@ class Scheduler:
         t0 = clock()
         tokens = self._inputs_of(group, flights)
         t1 = clock()
-        logits, index = self.engine.decode([s.slot for s in group], tokens,
-                                           [s.length - 1 + s.in_flight for s in group])
-        t2 = clock()
-        self.observer.step(index, len(group))
+        slots, positions = [s.slot for s in group], [s.length - 1 + s.in_flight for s in group]
         banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
                   for s in group]
-        sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
+        if self.graph_greedy and all(s.request.sampling.greedy for s in group):
+            sampled, index = self.engine.decode_greedy(slots, tokens, positions, banned)
+            t2 = clock()
+        else:
+            logits, index = self.engine.decode(slots, tokens, positions)
+            t2 = clock()
+            sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group],
+                                    banned)
+        self.observer.step(index, len(group))
         for s in group:
             s.in_flight += 1
         flight = Flight.launch(group, sampled)

@@ -69,14 +69,16 @@ class TritonPythonModel:
             emit = StreamInterval(emit, interval).put
         send_budget_ms = float(params.get("send_budget_ms", "0"))  # per step, for streamed tokens; 0: no limit
         decode_steps = int(params.get("decode_steps", "1"))  # decode steps launched per scheduler iteration
+        graph_greedy = params.get("graph_greedy", "1") == "1"  # greedy rows' tokens chosen inside the step
         self.scheduler = Scheduler(self.engine, self.tokenizer, emit, max_queue, self.observer,
                                    cancel_check_s=cancel_check_ms / 1e3, send_budget_s=send_budget_ms / 1e3,
-                                   decode_steps=decode_steps)
+                                   decode_steps=decode_steps, graph_greedy=graph_greedy)
         self.scheduler.start()
         warm = self._warm_up()
         pb_utils.Logger.log_info(f"{config['name']}: {self.engine.spec.slots} slots x {self.engine.spec.max_context} "
                                  f"on {device}, stream_interval {interval}, send_threads {send_threads}, send_budget_ms "
-                                 f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}; "
+                                 f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}, graph_greedy "
+                                 f"{int(graph_greedy)}; "
                                  f"engine loaded in {loaded_s:.1f} s, then warm-up s per step profile (start-up's "
                                  f"parts) {dict(zip(self.engine.profiles.names, (round(t, 1) for t in warm)))}")
 
