@@ -435,7 +435,7 @@ class Scheduler:
         """Prompts fully prefilled (``logits`` of their last tokens): sample their first tokens (on a GPU, as a
         flight appended to ``flights``, taken with them; else taken now) and join the running batch."""
         self._running.extend(group)
-        banned = [self._end_id(s) if s.request.min_tokens > 0 else None for s in group]
+        banned = [self._ban(s) if s.request.min_tokens > 0 else None for s in group]
         sampled = sample_tensor(logits, [s.request.sampling for s in group], [s.generator for s in group], banned)
         if not self.overlap:  # the prefill has run already: its tokens go out now, not after a decode step
             self._take(group, sampled.tolist(), first=True)
@@ -499,8 +499,7 @@ class Scheduler:
         tokens = self._inputs_of(group, flights)
         t1 = clock()
         slots, positions = [s.slot for s in group], [s.length - 1 + s.in_flight for s in group]
-        banned = [self._end_id(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None
-                  for s in group]
+        banned = [self._ban(s) if len(s.generated) + s.in_flight < s.request.min_tokens else None for s in group]
         if self.graph_greedy and all(s.request.sampling.greedy for s in group):
             sampled, index = self.engine.decode_greedy(slots, tokens, positions, banned)
             t2 = clock()
@@ -585,6 +584,12 @@ class Scheduler:
 
     def _end_id(self, seq: Sequence) -> int:
         return self.eos_id if seq.request.end_id is None else seq.request.end_id
+
+    def _ban(self, seq: Sequence) -> int | None:
+        """The token ``seq`` may not choose while under its min_tokens: its end id (none when that is negative: no
+        end token, as the tests and probes ask for; the serving layer allows only ids of the vocabulary)."""
+        end = self._end_id(seq)
+        return end if end >= 0 else None
 
     def _send(self, seq: Sequence, final: bool, reason: str = "") -> None:
         r = seq.request
