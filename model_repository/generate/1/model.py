@@ -75,12 +75,12 @@ class TritonPythonModel:
                                    decode_steps=decode_steps, graph_greedy=graph_greedy)
         self.scheduler.start()
         warm = self._warm_up()
+        warm_s = dict(zip(self.engine.profiles.names, (round(t, 1) for t in warm)))
         pb_utils.Logger.log_info(f"{config['name']}: {self.engine.spec.slots} slots x {self.engine.spec.max_context} "
                                  f"on {device}, stream_interval {interval}, send_threads {send_threads}, send_budget_ms "
-                                 f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}, graph_greedy "
-                                 f"{int(graph_greedy)}; "
-                                 f"engine loaded in {loaded_s:.1f} s, then warm-up s per step profile (start-up's "
-                                 f"parts) {dict(zip(self.engine.profiles.names, (round(t, 1) for t in warm)))}")
+                                 f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}, "
+                                 f"graph_greedy {int(graph_greedy)}; engine loaded in {loaded_s:.1f} s, then warm-up s "
+                                 f"per step profile (start-up's parts) {warm_s}")
 
     def _warm_up(self):
         """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread.
