@@ -552,7 +552,7 @@ class GrpcStream:
 
 
 # The config.pbtxt parameters the stream phase may vary: the generate model logs each value it read.
-STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms", "cancel_check_ms", "decode_steps")
+STREAM_PARAMS = ("stream_interval", "send_threads", "send_budget_ms", "cancel_check_ms", "decode_steps", "graph_greedy")
 
 
 def parse_variant(text: str) -> dict[str, float]:
@@ -1353,6 +1353,8 @@ def report(state: dict) -> str:
                   "least recently go first, the others keep their tokens for a later response. `cancel_check_ms`: how "
                   "often the watcher thread asks the server whether each request was cancelled (a round trip each). "
                   "`decode_steps`: decode steps launched per scheduler iteration before their tokens are taken. "
+                  "`graph_greedy`: 1, a greedy step's tokens are chosen inside its captured graph; 0, by sampling "
+                  "its logits after it. "
                   "Step, emit and responses: the scheduler thread's ms per decode step, its part sending, and "
                   "responses per step. A fresh server per "
                   "variant, `client/generate.py` over gRPC streaming; its ITL is per "

@@ -275,6 +275,20 @@ def test_a_variant_sets_its_parameters_in_a_copy_of_the_config_and_nothing_else_
         parse_variant("send_threads=x")
 
 
+
+def test_a_variant_can_turn_the_graphs_greedy_choice_off_in_the_builds_config(tmp_path):
+    """`--stream-variant graph_greedy=0` is graph_greedy's A/B: the build's config.pbtxt declares it once."""
+    from bench.generate_bench import parse_variant, with_parameters
+    from llmprofiles.generation.build import write_triton_config
+
+    write_triton_config(tmp_path, torch.device("cuda"), 8)
+    config = (tmp_path / "config.pbtxt").read_text()
+    assert 'key: "graph_greedy", value: { string_value: "1" }' in config
+    off = with_parameters(config, parse_variant("graph_greedy=0"))
+    assert off == config.replace('key: "graph_greedy", value: { string_value: "1" }',
+                                 'key: "graph_greedy", value: { string_value: "0" }')
+
+
 def test_report_puts_the_stream_variants_beside_the_triton_phases_row():
     state = met_state()
     state["stream"] = {"concurrency": 64, "variants": {
