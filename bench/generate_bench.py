@@ -1156,6 +1156,21 @@ def sweep_rows(tri: dict, anchor: dict | None) -> list[list[str]]:
     return rows
 
 
+def prefill_steps_table(clients: dict) -> list[str]:
+    """Prefill steps by profile during each `client/generate.py` run (the server's step counters): how often several
+    prompts shared a step (prefill_b<b>_<n>: up to b prompts)."""
+    steps = {c: {k: v for k, v in (r.get("server_steps") or {}).items() if k.startswith("prefill")}
+             for c, r in clients.items()}
+    names = sorted({k for v in steps.values() for k in v}, key=lambda k: (k.count("_b"), k))
+    if not names:
+        return []
+    return ["Prefill steps by profile during each run (`llm_generate_steps_total`; `prefill_b<b>_<n>` holds up to b "
+            "prompts), beside the requests the client completed:", "",
+            *table(["conc", "requests", *names],
+                   [[c, f"{clients[c].get('count', 0):,}", *(f"{steps[c].get(n, 0):,.0f}" for n in names)]
+                    for c in sorted(steps, key=int)]), ""]
+
+
 def b1_tuning(manifest: dict) -> str:
     """The build's tuning of the batch-1 decode step, in words (generation/tuning.py)."""
     t = manifest.get("decode_b1_tuning")
@@ -1319,6 +1334,7 @@ def report(state: dict) -> str:
             if in_process:
                 lines += ["The in-process rows are the engine phase's host-gap runs (the same Scheduler, a no-op emit, "
                           "every request admitted at once).", ""]
+        lines += prefill_steps_table(tri.get("client", {}))
     if load:
         lines += ["## Load run with cancellations", "",
                   f"Concurrency {load['concurrency']} for {load['wall_s']:.0f} s, every 10th request cancelled "

@@ -476,3 +476,13 @@ def test_the_report_header_reads_the_builds_fresh_prefill_and_tuning_from_its_ma
     md = report(s)
     assert "first chunk attending only to itself: True" in md
     assert "batch-1 decode step: best of 3 compiles (replay ms 1.500, 1.330; kept 1.330, served 1.370)" in md
+
+
+def test_the_report_counts_prefill_steps_by_profile_so_batched_prefill_shows():
+    state = met_state()
+    for c, steps in (("1", {"decode_b1": 900, "prefill_128": 40}),
+                     ("64", {"decode_b64": 3000, "prefill_128": 17, "prefill_b2_128": 12, "prefill_b4_128": 434})):
+        state["triton"]["client"][c]["server_steps"] = steps
+    md = report(state)
+    assert "| conc | requests | prefill_128 | prefill_b2_128 | prefill_b4_128 |" in md
+    assert "| 64 | 40 | 17 | 12 | 434 |" in md and "| 1 | 40 | 40 | 0 | 0 |" in md
