@@ -159,10 +159,7 @@ class GenerationEngine:
         ``tokens`` may be an int64 tensor on the engine's device (the sampler's output of the previous
         step): it is copied into the step's inputs on the device, and nothing waits for its values.
         """
-        index = self.select(len(slots), 1)
-        if isinstance(tokens, torch.Tensor):
-            return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens), index
-        return self._run(index, [[t] for t in tokens], slots, positions), index
+        return self._decode(slots, tokens, positions, None)
 
     def decode_greedy(self, slots: list[int], tokens: list[int] | torch.Tensor, positions: list[int],
                       banned: list[int | None]) -> tuple[torch.Tensor, int]:
@@ -173,11 +170,14 @@ class GenerationEngine:
         launches nothing after the replay but a copy of the tokens; the logits stay in the graph's buffer. The
         same tokens as :func:`llmprofiles.generation.sampler.sample_tensor` over :meth:`decode`'s logits.
         """
+        return self._decode(slots, tokens, positions, [-1 if b is None else b for b in banned])
+
+    def _decode(self, slots: list[int], tokens: list[int] | torch.Tensor, positions: list[int],
+                banned: list[int] | None) -> tuple[torch.Tensor, int]:
         index = self.select(len(slots), 1)
-        bans = [-1 if b is None else b for b in banned]
         if isinstance(tokens, torch.Tensor):
-            return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens, banned=bans), index
-        return self._run(index, [[t] for t in tokens], slots, positions, banned=bans), index
+            return self._run(index, [[0]] * len(slots), slots, positions, device_tokens=tokens, banned=banned), index
+        return self._run(index, [[t] for t in tokens], slots, positions, banned=banned), index
 
     def _check(self, rows: list[list[int]], slots: list[int], starts: list[int]) -> None:
         # Whole-batch bounds first (a few builtins over the step), the row at fault only when one fails.
@@ -239,8 +239,7 @@ class GenerationEngine:
         """One step; ``device_tokens`` (one per row, decode only) replace the rows' tokens on the device. The step's
         logits; with ``banned`` (decode only, :meth:`decode_greedy`) each row's greedy token instead."""
         self._check(rows, slots, starts)
-        if banned is not None and (self.step_shapes[index][1] != 1 or
-                                   max(banned) >= self.vocab_size or min(banned) < -1):
+        if banned is not None and (max(banned) >= self.vocab_size or min(banned) < -1):  # from decode_greedy only
             raise SelectionError(f"banned tokens {banned} go with decode steps only, each in [-1, {self.vocab_size - 1}]")
         host = self._host_inputs(index, rows, slots, starts, banned)
         n = len(rows)

@@ -402,8 +402,9 @@ class Scheduler:
         whole in one step of its length bucket, in order. Prompts of one bucket pad to the same step, so a batch
         costs little more than one of them (H200, fresh prefill of 128 tokens: 2.05 ms for one, 2.70 for two,
         3.45 for four; bench/probes/prefill_batch.py, session 14). Nothing waits for a batch to fill. Prompts
-        prefilled together also finish together, which on the CPU machine (where a batch costs its prompts' sum)
-        kept a closed loop's prompts in lockstep (see _iterate): batched prefill profiles are a build option."""
+        prefilled together also finish together, so a closed loop's prompts come back together (on the H200 at 64
+        streams most steps took four). On a CPU, where a batch costs its prompts' sum, that lockstep cost time (see
+        _iterate): batched prefill profiles are on by default on CUDA only (generation/build.py, PREFILL_BATCHES)."""
         first = self._prefilling[0]
         spec = self.engine.spec
         limit = spec.max_prefill_batch
