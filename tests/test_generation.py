@@ -652,6 +652,69 @@ def test_prompts_prefilled_in_one_step_give_each_its_own_logits_pool_and_next_st
                                rtol=1e-4, atol=1e-4)
 
 
+def _compiled_fresh(hf, backend):
+    """A BATCHED engine whose fresh prefill is compiled (``backend``) and every other step eager; its compile counter."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    shape = ModelShape.from_config(hf.config.to_dict())
+    engine = GenerationEngine(shape, fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()}), BATCHED,
+                              "cpu", compile=False, fresh_prefill=True)
+    counter = CompileCounterWithBackend(backend)
+    engine.forward.compiled = True
+    engine.forward.prefill_fresh = torch.compile(engine.forward.fresh_prefill, fullgraph=True, dynamic=True,
+                                                 backend=counter)
+    return engine, counter
+
+
+def test_the_fresh_prefill_compiles_once_for_one_prompt_and_for_batched_prompts(hf):
+    """A compile made at batch 1 serves the batched prefill profiles too (an unbacked batch: a backed size of 1 is
+    specialised, and the whole step compiled again for 2 or more), with the eager step's logits at every batch."""
+    torch._dynamo.reset()
+    compiled, counter = _compiled_fresh(hf, "inductor")
+    eager = make_engine(hf, BATCHED)
+    eager.forward.fresh = True
+    compiles = []  # the backend's calls after each step (one compile may call it more than once)
+    for slots, ps in (([0], prompts(5)), ([0], prompts(13)), ([1, 2], prompts(6, 8)), ([0, 1, 2], prompts(3, 16, 9))):
+        got, index = compiled.prefill_many(slots, ps)
+        torch.testing.assert_close(got, eager.prefill_many(slots, ps)[0], rtol=1e-4, atol=1e-4)
+        compiles.append(counter.frame_count)
+    assert compiles[0] > 0 and compiles == compiles[:1] * 4 and compiled.forward.any_batch_fresh
+    from llmprofiles.generation.engine import COMPILE_STAGES, compile_seconds
+
+    spent = compile_seconds()  # what the server's start-up log reports, by stage
+    assert set(spent) == set(COMPILE_STAGES) and spent["compile"] > 0
+    assert all(not hasattr(t, "_dynamo_unbacked_indices") for ring in compiled.host for x in ring
+               for t in (x.tokens, x.positions, x.write_slots, x.write_pos, x.last))  # the marks are on views only
+
+
+def test_a_failed_compile_for_every_batch_falls_back_to_one_per_batch_size(hf, monkeypatch, caplog):
+    """If the compile with an unbacked batch fails, the step compiles per batch size instead (batch 1, then 2 or
+    more), says so once in the log, and serves the same logits."""
+    torch._dynamo.reset()
+    compiled, counter = _compiled_fresh(hf, "eager")
+    real = compiled.forward.prefill_fresh
+
+    def refuse_unbacked(*inputs):
+        if any(hasattr(t, "_dynamo_unbacked_indices") for t in inputs):
+            raise RuntimeError("GuardOnDataDependentSymNode: could not guard on u0")
+        return real(*inputs)
+
+    compiled.forward.prefill_fresh = refuse_unbacked
+    eager = make_engine(hf, BATCHED)
+    eager.forward.fresh = True
+    compiles = []
+    with caplog.at_level("WARNING"):
+        for slots, ps in (([0], prompts(5)), ([1, 2], prompts(6, 8)), ([0, 1, 2, 3], prompts(3, 16, 9, 4))):
+            torch.testing.assert_close(compiled.prefill_many(slots, ps)[0], eager.prefill_many(slots, ps)[0],
+                                       rtol=1e-4, atol=1e-4)
+            compiles.append(counter.frame_count)
+    assert not compiled.forward.any_batch_fresh
+    assert 0 < compiles[0] < compiles[1] == compiles[2]  # batch 1, then once for 2 or more
+    assert [r.message for r in caplog.records if "compiles per batch size" in r.message] == [
+        "the fresh prefill's one compile for every batch failed, it compiles per batch size: "
+        "GuardOnDataDependentSymNode: could not guard on u0"]
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_scheduler_prefills_waiting_whole_prompts_of_one_bucket_together(hf, reference, overlap):
     """The first admitted prompt takes the admitted whole prompts of its length bucket with it (up to the largest

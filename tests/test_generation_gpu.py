@@ -97,9 +97,9 @@ def test_a_prompts_first_chunk_compiled_whole_gives_the_eager_tokens_and_is_capt
 
 
 def test_several_whole_prompts_in_one_captured_prefill_step_give_the_eager_tokens(hf):
-    """Batched prefill profiles (make build GEN_PREFILL_BATCHES=1,2,4) with the fresh prefill: prompts of one length
-    bucket prefilled together in one graph (attention length 0, the only one their profiles capture at warm-up) give
-    each its eager tokens."""
+    """Batched prefill profiles (on by default on CUDA) with the fresh prefill, compiled once for every batch: prompts
+    of one length bucket prefilled together in one graph (attention length 0, the only one their profiles capture at
+    warm-up) give each its eager tokens."""
     spec = SPEC.replace(prefill_batches=(1, 2, 4))
     shape = ModelShape.from_config(hf.config.to_dict())
     weights = lambda: fuse_weights(shape, {k: v.clone() for k, v in hf.state_dict().items()})
@@ -108,6 +108,7 @@ def test_several_whole_prompts_in_one_captured_prefill_step_give_the_eager_token
     names = batched.profiles.names
     several = {i for i, name in enumerate(names) if name.startswith("prefill_b")}
     assert {k for k in batched.graphs if k[0] in several} == {(i, 0) for i in several}  # whole prompts only
+    assert batched.forward.any_batch_fresh  # one compile of the fresh prefill served every batch (no fallback)
     eager = GenerationEngine(shape, weights(), spec, torch.device("cuda"), cuda_graphs=False, compile=False)
     prompts = [list(range(10, 30)), list(range(40, 55)), list(range(60, 90)), [5, 6, 7]]  # 3 in the 64 bucket
     graphs, seen = len(batched.graphs), []

@@ -122,6 +122,7 @@ class GenerationEngine:
                      for b, s in self.step_shapes]
         self._turn = [0] * len(self.step_shapes)  # per profile: the ring's next buffer
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, StepInputs, torch.Tensor]] = {}
+        self.compile_s: dict[str, float] = {}  # after warm_up: compile_seconds()
         self.graph_pool = None
         self.capture_stream = None  # one for every capture: each stream holds its own cuBLAS workspace
         self.graph_out: dict[int, torch.Tensor] = {}  # per profile: the logits its graphs write, whatever kv_len
@@ -352,7 +353,26 @@ class GenerationEngine:
                     self._forward(x, seq)
             times.append(time.perf_counter() - t0)
             log.info("profile %d %r warm in %.1f s", i, self.profiles.names[i], times[-1])
+        self.compile_s = compile_seconds()
+        log.info("compile seconds in this process, by stage: %s", self.compile_s)
         return times
+
+
+# torch.compile's stages (torch._dynamo.utils.compile_times), where a warm-up's time goes: tracing the Python, AOT
+# dispatch, inductor (lowering, code generation, kernel compiles and loads, cache hits included). The rest of a
+# warm-up is running the steps: launch-config benchmarks (autotuning, coordinate descent) and graph captures.
+COMPILE_STAGES = {"compile": "_compile.compile_inner", "trace": "bytecode_tracing",
+                  "aot": "create_aot_dispatcher_function", "inductor": "compile_fx_inner",
+                  "kernel_wait": "async_compile.wait", "module_load": "PyCodeCache.load_by_key_path"}
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds spent so far in this process in each of COMPILE_STAGES (0 for a stage that never ran)."""
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    spent = dict(zip(names, (float(v) for v in values)))
+    return {stage: round(spent.get(name, 0.0), 1) for stage, name in COMPILE_STAGES.items()}
 
 
 def weights_to_device(weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

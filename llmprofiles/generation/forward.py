@@ -15,6 +15,7 @@ fused matrix each; the unfused tensors are dropped, so the weights exist once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from llmprofiles.generation import attention
 
 SUPPORTED = ("gemma3_text",)
+log = logging.getLogger(__name__)
 # The whole batch-1 decode step's compile (KVForward.decode_step): inductor options over its defaults, and its
 # projections as multiply-and-reduce (see linear). Graph replay on the H200 at 192 positions
 # (bench/probes/decode_step.py, results/2026-11-30-session11-probes/): 1.29 ms with both, 1.46 with coordinate
@@ -37,6 +39,10 @@ WHOLE_B1_GEMV = True
 # batch 8, 1.59 at batch 64), and stays without. H200, session 12, results/2026-11-30-session12-probes/. Off by
 # default: fresh builds' PDL compiles varied widely (generation/build.py, DECODE_PDL).
 PDL_OPTIONS: dict = {"triton.enable_pdl": True}
+# The fresh prefill (a prompt's first chunk) compiled once for batch 1 and the batched prefill profiles alike
+# (KVForward._prefill_fresh). Without it the whole 26-layer step compiled again for batches of 2 or more: the batched
+# build's warm-up took 70 s or more longer, and its server's start-up about 30 s more (H200, session 15).
+ANY_BATCH_FRESH = True
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,7 @@ class KVForward(torch.nn.Module):
         self.compiled = compile
         # A prompt's first chunk attends only to itself (see fresh_prefill), compiled whole with dynamic shapes.
         self.fresh = fresh_prefill
+        self.any_batch_fresh = ANY_BATCH_FRESH
         self.decode_b1, self.decode_batch, self.prefill_fresh = self._decode_b1, self._decode_batch, self.fresh_prefill
         if compile:
             options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
@@ -289,6 +296,27 @@ class KVForward(torch.nn.Module):
             x = out_mlp(attn, x, *self.after_attention(i), eps)
         return self.logits(x[torch.arange(x.shape[0], device=x.device), last])
 
+    def _prefill_fresh(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`fresh_prefill`, compiled once for every batch (``any_batch_fresh``): the batch is marked unbacked,
+        so a compile made at batch 1 is not specialised to it and batched prefill profiles reuse it (a backed size
+        of 1 is always specialised, and batches of 2 or more would compile the whole step again). The inputs are
+        views into one packed buffer per profile (StepInputs), at offsets that grow with the batch, and the compile
+        would guard on those offsets: each call passes copies (five small copies, inside a captured graph on CUDA),
+        which also keeps the marks off the step's buffers. If that compile fails, the step falls back to one compile
+        per batch of 1 and of 2 or more, and says so in the log."""
+        views = [t.clone() for t in inputs]
+        if self.compiled and self.any_batch_fresh:
+            for t in views:
+                torch._dynamo.decorators.mark_unbacked(t, 0)
+            try:
+                return self.prefill_fresh(*views)
+            except Exception as e:  # noqa: BLE001 - a compile failure; the step itself is the same without the marks
+                log.warning("the fresh prefill's one compile for every batch failed, it compiles per batch size: %s",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                self.any_batch_fresh = False
+                views = [t.clone() for t in inputs]
+        return self.prefill_fresh(*views)
+
     def _decode_b1(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batch 1 alone: decode_b1
         return self.decode_step(*inputs, gemv=WHOLE_B1_GEMV)
 
@@ -319,7 +347,7 @@ class KVForward(torch.nn.Module):
         if kv_len == 0:
             if not self.fresh:
                 raise ValueError("attention length 0 (a chunk that attends only to itself) needs fresh_prefill")
-            return self.prefill_fresh(tokens, positions, write_slots, write_pos, last)
+            return self._prefill_fresh(tokens, positions, write_slots, write_pos, last)
         kernel = self.decode_kernel and S == 1
         if kernel and self.whole_decode:
             if B == 1:

@@ -80,7 +80,8 @@ class TritonPythonModel:
                                  f"on {device}, stream_interval {interval}, send_threads {send_threads}, send_budget_ms "
                                  f"{send_budget_ms:g}, cancel_check_ms {cancel_check_ms:g}, decode_steps {decode_steps}, "
                                  f"graph_greedy {int(graph_greedy)}; engine loaded in {loaded_s:.1f} s, then warm-up s "
-                                 f"per step profile (start-up's parts) {warm_s}")
+                                 f"per step profile (start-up's parts) {warm_s}; compile s by stage "
+                                 f"{self.engine.compile_s}")
 
     def _warm_up(self):
         """Ready means warm: every step profile runs once, then requests go the whole way on the scheduler thread.
