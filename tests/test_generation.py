@@ -687,6 +687,27 @@ def test_the_fresh_prefill_compiles_once_for_one_prompt_and_for_batched_prompts(
                for t in (x.tokens, x.positions, x.write_slots, x.write_pos, x.last))  # the marks are on views only
 
 
+def test_the_fresh_prefill_is_traced_once_when_python_floats_are_constants(hf):
+    """compile_dynamic: with dynamic shapes Dynamo made the attention scale a symbol, then threw the whole trace away
+    and traced again with it fixed (two AOT compiles for one step on torch 2.13, CPU: a plain
+    ``torch.compile(dynamic=True)`` here counts 2). With the floats as constants it traces once."""
+    from torch._dynamo.utils import counters
+
+    from llmprofiles.generation.forward import compile_dynamic
+
+    torch._dynamo.reset()
+    counters.clear()
+    engine, _ = _compiled_fresh(hf, "eager")
+    f = engine.forward.fresh_prefill
+    engine.forward.prefill_fresh = compile_dynamic(f, backend="aot_eager")
+    eager = make_engine(hf, BATCHED)
+    eager.forward.fresh = True
+    for slots, ps in (([0], prompts(5)), ([1, 2], prompts(6, 8))):
+        torch.testing.assert_close(engine.prefill_many(slots, ps)[0], eager.prefill_many(slots, ps)[0],
+                                   rtol=1e-4, atol=1e-4)
+    assert counters["aot_autograd"]["total"] == 1
+
+
 def test_a_failed_compile_for_every_batch_falls_back_to_one_per_batch_size(hf, monkeypatch, caplog):
     """If the compile with an unbacked batch fails, the step compiles per batch size instead (batch 1, then 2 or
     more), says so once in the log, and serves the same logits."""

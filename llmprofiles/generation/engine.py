@@ -359,9 +359,10 @@ class GenerationEngine:
 
 
 # torch.compile's stages (torch._dynamo.utils.compile_times), where a warm-up's time goes: tracing the Python, AOT
-# dispatch, inductor (lowering, code generation, kernel compiles and loads, cache hits included). The rest of a
+# dispatch, inductor (lowering, code generation, kernel compiles and loads, cache hits included); "retrace": second
+# attempts, Dynamo's restarts of a trace it threw away (see forward.compile_dynamic). The rest of a
 # warm-up is running the steps: launch-config benchmarks (autotuning, coordinate descent) and graph captures.
-COMPILE_STAGES = {"compile": "_compile.compile_inner", "trace": "bytecode_tracing",
+COMPILE_STAGES = {"compile": "_compile.compile_inner", "retrace": "compile_attempt_1", "trace": "bytecode_tracing",
                   "aot": "create_aot_dispatcher_function", "inductor": "compile_fx_inner",
                   "kernel_wait": "async_compile.wait", "module_load": "PyCodeCache.load_by_key_path"}
 
