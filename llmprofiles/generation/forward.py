@@ -324,18 +324,18 @@ class KVForward(torch.nn.Module):
         would guard on those offsets: each call passes copies (five small copies, inside a captured graph on CUDA),
         which also keeps the marks off the step's buffers. If that compile fails, the step falls back to one compile
         per batch of 1 and of 2 or more, and says so in the log."""
-        views = [t.clone() for t in inputs]
+        copies = [t.clone() for t in inputs]
         if self.compiled and self.any_batch_fresh:
-            for t in views:
+            for t in copies:
                 torch._dynamo.decorators.mark_unbacked(t, 0)
             try:
-                return self.prefill_fresh(*views)
+                return self.prefill_fresh(*copies)
             except Exception as e:  # noqa: BLE001 - a compile failure; the step itself is the same without the marks
                 log.warning("the fresh prefill's one compile for every batch failed, it compiles per batch size: %s",
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
                 self.any_batch_fresh = False
-                views = [t.clone() for t in inputs]
-        return self.prefill_fresh(*views)
+                copies = [t.clone() for t in inputs]
+        return self.prefill_fresh(*copies)
 
     def _decode_b1(self, *inputs: torch.Tensor) -> torch.Tensor:  # compiled for batch 1 alone: decode_b1
         return self.decode_step(*inputs, gemv=WHOLE_B1_GEMV)
