@@ -1065,6 +1065,20 @@ def over_builds(values: list[float | None], digits: int, unit: str) -> tuple[flo
     return mid, fmt(mid, digits, unit) + each
 
 
+def spread(values: list[float]) -> str:
+    """How far apart fresh builds' figures are: (largest - smallest) / smallest."""
+    return f"{(max(values) - min(values)) / min(values) * 100:.1f}%"
+
+
+def client_value(triton: dict, conc: str, metric: str, stat: str | None = None) -> float | None:
+    """One figure of a Triton phase's ``client/generate.py`` run at ``conc``: ``metric`` (e.g. output_tokens_per_s),
+    or ``stat`` of it (``itl``'s p50_ms); None where not measured."""
+    c = triton.get("client", {}).get(conc)
+    if not c or c.get(metric) is None:
+        return None
+    return c[metric] if stat is None else c[metric].get(stat)
+
+
 def targets(state: dict) -> list[list[str]]:
     """Issue 11's targets against this run: ``[target, measured, verdict]``; unmeasured ones say so."""
     eng, tri, load = state.get("engine"), state.get("triton"), state.get("load")
@@ -1075,28 +1089,20 @@ def targets(state: dict) -> list[list[str]]:
 
     builds = engine_builds(state)
     for batch, bound in ((1, 1.2), (64, 2.0)):
-        calls = [d["call_ms"]["p50_ms"] for e in builds if (d := e.get("decode", {}).get(str(batch)))]
-        ms = float(np.median(calls)) if calls else None
-        each = f" ({' and '.join(fmt(c, 3) for c in calls)})" if len(calls) > 1 else ""
+        ms, shown = over_builds([d["call_ms"]["p50_ms"] for e in builds if (d := e.get("decode", {}).get(str(batch)))],
+                                3, " ms")
         row(f"engine decode step at batch {batch} <= {bound} ms (p50; median of {len(builds)} fresh builds)"
             if len(builds) > 1 else f"engine decode step at batch {batch} <= {bound} ms (median)",
-            fmt(ms, 3, " ms") + each, None if ms is None else ms <= bound)
+            shown, None if ms is None else ms <= bound)
     runs = triton_builds(state)
     several = f" (median of {len(runs)} fresh builds)" if len(runs) > 1 else ""
-
-    def client(t: dict, conc: str, metric: str, stat: str) -> float | None:
-        c = t.get("client", {}).get(conc)
-        if not c:
-            return None
-        return c.get(metric) if stat == "" else (c[metric][stat] if c.get(metric) else None)
-
     for name, conc, metric, stat, digits, unit, ok in (
             ("Triton concurrency 1: ITL p50 <= 2.0 ms", "1", "itl", "p50_ms", 3, " ms", lambda v: v <= 2.0),
             ("Triton concurrency 1: TTFT p50 <= 15 ms", "1", "ttft", "p50_ms", 2, " ms", lambda v: v <= 15),
-            ("Triton concurrency 64: >= 25,000 output tokens/s", "64", "output_tokens_per_s", "", 0, " tok/s",
+            ("Triton concurrency 64: >= 25,000 output tokens/s", "64", "output_tokens_per_s", None, 0, " tok/s",
              lambda v: v >= 25_000),
             ("Triton concurrency 64: ITL p99 <= 10 ms", "64", "itl", "p99_ms", 2, " ms", lambda v: v <= 10)):
-        mid, shown = over_builds([client(t, conc, metric, stat) for t in runs], digits, unit)
+        mid, shown = over_builds([client_value(t, conc, metric, stat) for t in runs], digits, unit)
         row(name + several, shown, None if mid is None else ok(mid))
     firsts = [(t["first_vs_steady"]["first"]["e2e_ms"], t["first_vs_steady"]["steady_e2e_p50_ms"])
               for t in runs if t.get("first_vs_steady")]
@@ -1258,9 +1264,6 @@ def report(state: dict) -> str:
         if len(builds) > 1:
             buckets = [b for b in eng["decode"] if all(b in e["decode"] for e in builds)]
 
-            def spread(values: list[float]) -> str:
-                return f"{(max(values) - min(values)) / min(values) * 100:.1f}%"
-
             lines += [f"The same decode steps on {len(builds)} fresh builds (each its own `make build` from an empty "
                       "inductor cache), engine call p50 ms; the targets take their median:", "",
                       *table(["batch", *(f"build {i + 1}" for i in range(len(builds))), "median", "spread"],
@@ -1335,25 +1338,19 @@ def report(state: dict) -> str:
         if len(runs) > 1:
             levels = [c for c in tri["client"] if all(c in t.get("client", {}) for t in runs)]
 
-            def cells(pick, digits: int) -> list[str]:
-                values = [pick(t) for t in runs]
+            def cells(conc: str, metric: str, stat: str | None, digits: int) -> list[str]:
+                values = [client_value(t, conc, metric, stat) for t in runs]
                 if any(v is None for v in values):
                     return ["-"] * (len(runs) + 2)
-                return [*(fmt(v, digits) for v in values), fmt(float(np.median(values)), digits),
-                        f"{(max(values) - min(values)) / min(values) * 100:.1f}%"]
-
-            def metric(c: str, name: str, stat: str):
-                return lambda t: (t["client"][c].get(name) or {}).get(stat)
+                return [*(fmt(v, digits) for v in values), fmt(float(np.median(values)), digits), spread(values)]
 
             names = [f"build {i + 1}" for i in range(len(runs))]
             lines += [f"The same Triton phase on {len(runs)} fresh builds (each its own `make build` and its own "
                       "server), `client/generate.py`; the targets take the median:", "",
                       *table(["conc", "figure", *names, "median", "spread"],
-                             [[c, label, *cells(pick, digits)] for c in levels for label, pick, digits in (
-                                 ("tok/s", lambda t, c=c: t["client"][c].get("output_tokens_per_s"), 0),
-                                 ("ITL p50 ms", metric(c, "itl", "p50_ms"), 3),
-                                 ("ITL p99 ms", metric(c, "itl", "p99_ms"), 3),
-                                 ("TTFT p50 ms", metric(c, "ttft", "p50_ms"), 2))]),
+                             [[c, label, *cells(c, *figure)] for c in levels for label, figure in (
+                                 ("tok/s", ("output_tokens_per_s", None, 0)), ("ITL p50 ms", ("itl", "p50_ms", 3)),
+                                 ("ITL p99 ms", ("itl", "p99_ms", 3)), ("TTFT p50 ms", ("ttft", "p50_ms", 2)))]),
                       "", *table(["", *names], [["server start-up s", *(fmt(t.get("startup_s"), 1) for t in runs)]]),
                       ""]
         split = {c: r["scheduler"] for c, r in tri["client"].items() if r.get("scheduler")}

@@ -59,8 +59,10 @@ DECODE_STEPS = {"cuda": 2, "cpu": 1}
 # graph (GenerationEngine.decode_greedy), so the scheduler launches no ban, argmax or copy of the logits after the
 # replay; 0: sample_tensor over the step's logits, as for sampled rows. The same tokens either way (CPU and GPU
 # tests). Built after session 15's run, where the H200 server at 64 streams was host-bound (the host waited 0.19 ms
-# per step for the GPU) and sampling took 0.37 ms of the host's 2.74 ms per step. Not yet measured on a GPU: the
-# stream phase's `--stream-variant graph_greedy=0` is its A/B.
+# per step for the GPU) and sampling took 0.37 ms of the host's 2.74 ms per step. On the H200 at 64 streams (session
+# 16, bench/results/2026-11-30-session16-run-of-record/; `--stream-variant graph_greedy=0`, not side by side: the
+# off runs had a neighbour server on the other GPU) the host's sampling per step fell from 0.26-0.31 to 0.08 ms and
+# its engine call from 0.41-0.48 to 0.32 ms; 26,664 and 26,075 tokens/s on, 23,946-25,063 off.
 GRAPH_GREEDY = 1
 # Programmatic dependent launch for the batch-1 decode step (--decode-pdl; forward.PDL_OPTIONS), off by default.
 # One compile replayed in 1.17 and 1.27 ms against 1.39 without (bench/probes/decode_step.py, pdl_load.py: restored
@@ -82,13 +84,16 @@ FRESH_PREFILL = True
 # each, one Triton run each on different GPUs; session 15, bench/results/2026-11-30-session15-prefill-batches/): at 64
 # streams 21,944 tokens/s against 19,943 with one prompt per step, ITL p50 2.15 against 2.70 ms, TTFT p99 73 against
 # 169 ms; its costs: ITL p99 9.15 against 4.76 ms (a four-prompt step, 3.4 ms, between two decode steps), TTFT p50
-# 35.5 against 20.1 ms, one more compile at build and server start-up 122 against 93 s. 434 of its 463 prefill steps
+# 35.5 against 20.1 ms, one more compile at build and server start-up 122 against 93 s (that compile is gone since
+# session 16: forward.ANY_BATCH_FRESH; start-up 82-84 s in the run of record). 434 of its 463 prefill steps
 # took four prompts: prompts prefilled together finish together and come back together. On a CPU a batch costs its
 # prompts' sum, so one.
 PREFILL_BATCHES = {"cuda": (1, 2, 4), "cpu": (1,)}
 # Compiles of the batch-1 decode step at build on CUDA, the fastest kept (--decode-tune-runs; generation/tuning.py).
 # On the H200 (session 15, a fresh build): attempts replayed in 1.515, 1.329 and 1.945 ms; the kept 1.329 served at
-# 1.374, the engine phase's call 1.386 ms (two fresh builds of one compile each: 1.525 and 1.425, session 13).
+# 1.374, the engine phase's call 1.386 ms (two fresh builds of one compile each: 1.525 and 1.425, session 13). Run of
+# record (session 16, two fresh builds): attempts 1.247 / 1.272 / 1.317 and 1.320 / 1.298 / 1.307 ms, engine calls
+# 1.352 and 1.358 ms (spread 0.4%).
 DECODE_TUNE_RUNS = 3
 CODE = ["generation/build.py", "generation/tuning.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 

@@ -240,7 +240,7 @@ class KVForward(torch.nn.Module):
         ]
         self.inv_freq = [f.to(device) for f in self.inv_freq]
         self.scale = shape.query_pre_attn_scalar ** -0.5
-        wrap = (lambda f: compile_dynamic(f)) if compile else (lambda f: f)
+        wrap = compile_dynamic if compile else (lambda f: f)
         self.qkv_rope, self.attend_out_mlp, self.out_mlp = wrap(qkv_rope), wrap(attend_out_mlp), wrap(out_mlp)
         can = attention.available(device, shape.head_dim)
         if decode_kernel and not can:
@@ -323,9 +323,11 @@ class KVForward(torch.nn.Module):
         views into one packed buffer per profile (StepInputs), at offsets that grow with the batch, and the compile
         would guard on those offsets: each call passes copies (five small copies, inside a captured graph on CUDA),
         which also keeps the marks off the step's buffers. If that compile fails, the step falls back to one compile
-        per batch of 1 and of 2 or more, and says so in the log."""
+        per batch of 1 and of 2 or more, and says so in the log. Uncompiled, the inputs go as they are."""
+        if not self.compiled:
+            return self.prefill_fresh(*inputs)
         copies = [t.clone() for t in inputs]
-        if self.compiled and self.any_batch_fresh:
+        if self.any_batch_fresh:
             for t in copies:
                 torch._dynamo.decorators.mark_unbacked(t, 0)
             try:
