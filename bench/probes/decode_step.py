@@ -7,7 +7,8 @@ timed at a short and a long context (the engine call, synchronised, and the grap
 - ``matmuls``: layer by layer, attention as batched matmuls over the gathered slots (two compiles per layer);
 - ``kernel``: layer by layer, attention with the decode kernel;
 - ``whole``: the step compiled whole around the kernel (``KVForward.decode_step``), batch 1 with each of
-  the batch-1 variants below, batches of 2 or more in one compile over the batch with each batch variant.
+  the batch-1 variants below (``--b1-variants cdt+gemv,cdt+gemv+mlp,cdt+gemv,cdt+gemv+mlp``: the MLP kernels
+  against inductor's MLP, twice each, each a compile of its own), batches of 2 or more in one compile over the batch with each batch variant.
 
 Every row also gives the largest difference of its logits from the first form's at the same batch and
 context (``max_abs_diff``): a variant that is fast and wrong (programmatic dependent launch reading what
@@ -33,12 +34,13 @@ from llmprofiles.generation import forward
 from llmprofiles.generation.engine import GenerationEngine
 from llmprofiles.profiles.sets import generate_spec
 
-# name: (inductor options over the defaults, projections as multiply-and-reduce)
+# name: (inductor options over the defaults, projections as multiply-and-reduce, the MLP kernels (forward.MLP_KERNEL))
 B1_VARIANTS = {
-    "cdt+gemv": ({"coordinate_descent_tuning": True}, True),
-    "gemv": ({}, True),
-    "cdt": ({"coordinate_descent_tuning": True}, False),
-    "cdt+gemv+pdl": ({"coordinate_descent_tuning": True, "triton.enable_pdl": True}, True),
+    "cdt+gemv": ({"coordinate_descent_tuning": True}, True, False),
+    "cdt+gemv+mlp": ({"coordinate_descent_tuning": True}, True, True),
+    "gemv": ({}, True, False),
+    "cdt": ({"coordinate_descent_tuning": True}, False, False),
+    "cdt+gemv+pdl": ({"coordinate_descent_tuning": True, "triton.enable_pdl": True}, True, False),
 }
 # name: inductor options of the compile for batches of 2 or more
 BATCH_VARIANTS = {"default": {}, "pdl": {"triton.enable_pdl": True}}
@@ -100,13 +102,13 @@ def main() -> None:
     if "whole" not in forms:
         return save(a, spec, rows)
     f.whole_decode = True
-    for name in a.b1_variants.split(","):
-        options, gemv = B1_VARIANTS[name]
+    for name in filter(None, a.b1_variants.split(",")):  # a name given twice runs twice (a compile of its own)
+        options, gemv, forward.MLP_KERNEL = B1_VARIANTS[name]
         forward.WHOLE_B1_GEMV = gemv
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()
         run(f"whole {name}", [1])
-    for name in a.batch_variants.split(","):
+    for name in filter(None, a.batch_variants.split(",")):
         f.decode_batch = torch.compile(f._decode_batch, fullgraph=True, options=BATCH_VARIANTS[name])
         torch._dynamo.reset()
         run(f"whole {name}", [b for b in batches if b > 1])

@@ -128,7 +128,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", default="fresh_128,fresh_64,pool_128,decode_b64")
-    p.add_argument("--sdpa-lengths", default="64,128,512")
+    p.add_argument("--sdpa-lengths", default="64,128,512", help="empty: no sdpa table")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--model", default="gemma-3-1b")
     a = p.parse_args()
@@ -148,7 +148,8 @@ def main() -> None:
         for r in table["top"][:12]:
             print(f"   {r['launches']:6.1f} x {r['us']:8.1f} us  {r['name'][:110]}", flush=True)
         a.out.write_text(json.dumps(out, indent=1))
-    out["sdpa"] = sdpa_table([int(n) for n in a.sdpa_lengths.split(",")], 100)
+    if a.sdpa_lengths:
+        out["sdpa"] = sdpa_table([int(n) for n in a.sdpa_lengths.split(",")], 100)
     a.out.write_text(json.dumps(out, indent=1))
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmprofiles.generation import attention
+from llmprofiles.generation import attention, mlp
 
 SUPPORTED = ("gemma3_text",)
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ PDL_OPTIONS: dict = {"triton.enable_pdl": True}
 # (KVForward._prefill_fresh). Without it the whole 26-layer step compiled again for batches of 2 or more: the batched
 # build's warm-up took 70 s or more longer, and its server's start-up about 30 s more (H200, session 15).
 ANY_BATCH_FRESH = True
+# The batch-1 step's MLP as two matrix-vector kernels (llmprofiles.generation.mlp), where they can run: inductor's
+# multiply-and-reduce form recomputed the whole activation in every program of the down projection.
+MLP_KERNEL = True
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,11 @@ def out_mlp(attn: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_
     x = linear(attn.transpose(1, 2).reshape(B, S, H * D), o_w, gemv)
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
-    gate, up = linear(h, gate_up_w, gemv).chunk(2, dim=-1)
-    h = linear(F.gelu(gate, approximate="tanh") * up, down_w, gemv)
+    if gemv and MLP_KERNEL and mlp.available(h.device):
+        h = mlp.mlp_op(h, gate_up_w, down_w)
+    else:
+        gate, up = linear(h, gate_up_w, gemv).chunk(2, dim=-1)
+        h = linear(F.gelu(gate, approximate="tanh") * up, down_w, gemv)
     return x + rms_norm(h, post_ff_w, eps)
 
 

@@ -1,0 +1,105 @@
+"""The batch-1 MLP as two matrix-vector kernels: gate and up with the activation, then down.
+
+At batch 1 every projection is a matrix-vector product, bound by reading its weights. Written as
+multiply-and-reduce (:func:`llmprofiles.generation.forward.linear`), inductor fuses each one with the
+norm before it, but it also fuses the activation ``gelu(gate) * up`` into the down projection's
+reduction: every program of that kernel recomputes the whole 6,912-wide activation for its own rows.
+On the H200 the down projection (1152 x 6912, 15.9 MB) took 9.7 us a layer that way, 1.6 TB/s, and
+gate/up (31.8 MB) 10.6 us (the batch-1 step's kernel table, session 17,
+``results/2026-11-30-session17-mlp/``). Here:
+
+- one kernel reads the gate and up rows of the fused ``gate_up`` weight side by side, and each program
+  finishes its own rows of the activation: ``gelu(h . gate_i) * (h . up_i)``, rounded to the weights'
+  dtype where the unfused step rounds (after each projection, after the activation);
+- a second kernel, the same code without the activation, multiplies the activation by ``down``.
+
+Each kernel's block sizes are chosen by Triton's autotuner on its first call (the warm-up, before any
+graph is captured), per weight shape. Off CUDA, or without Triton, the same arithmetic runs in PyTorch.
+With ``TRITON_INTERPRET=1`` set when this module is imported, the kernels run on the CPU in Triton's
+interpreter, at one fixed block size (the tests do, where Triton is installed).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmprofiles.generation.attention import INTERPRETED, triton
+
+if triton is not None:
+    import triton.language as tl
+
+# (rows per program, weight columns per iteration, warps): tried in turn by the autotuner on the GPU.
+CONFIGS = [(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8)]
+INTERPRETED_CONFIG = (4, 64, 4)
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernels can run for this device."""
+    return triton is not None and (device.type == "cuda" or INTERPRETED)
+
+
+if triton is not None:
+    def _gemv(x_ptr, w_ptr, out_ptr, N, K: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        live = rows < N
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            inside = cols < K
+            x = tl.load(x_ptr + cols, mask=inside, other=0.0).to(tl.float32)[None, :]
+            mask = live[:, None] & inside[None, :]
+            w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
+            acc += w.to(tl.float32) * x
+            if GATED:  # the up rows follow the N gate rows
+                u = tl.load(w_ptr + (rows + N)[:, None] * K + cols[None, :], mask=mask, other=0.0)
+                acc_up += u.to(tl.float32) * x
+        dtype = out_ptr.dtype.element_ty
+        y = tl.sum(acc, axis=1)
+        if GATED:
+            g = y.to(dtype).to(tl.float32)
+            up = tl.sum(acc_up, axis=1).to(dtype).to(tl.float32)
+            inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)  # gelu, tanh form: tanh(z) = 2 sigmoid(2z) - 1
+            gelu = 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+            y = gelu.to(dtype).to(tl.float32) * up
+        tl.store(out_ptr + rows, y.to(dtype), mask=live)
+
+    _gemv_fixed = triton.jit(_gemv)
+    _gemv_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in CONFIGS],
+        key=["N", "K", "GATED"])(triton.jit(_gemv))
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
+    """``w @ x`` for ``x`` ``[K]`` and ``w`` ``[N, K]`` (row-major); with ``gated``, ``w`` is ``[2N, K]`` (gate rows,
+    then up rows) and the result ``gelu(gate) * up`` ``[N]``."""
+    n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
+    if w.stride() != (k, 1) or x.numel() != k:
+        raise ValueError(f"gemv needs a row-major weight [N, K] and an input of K={k} values; got weight "
+                         f"{tuple(w.shape)} with strides {w.stride()} and an input of {x.numel()}")
+    x = x.reshape(k).contiguous()
+    out = torch.empty(n, dtype=w.dtype, device=w.device)
+    if INTERPRETED:
+        bn, bk, warps = INTERPRETED_CONFIG
+        _gemv_fixed[(triton.cdiv(n, bn),)](x, w, out, n, K=k, GATED=gated, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    else:
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, w, out, n, K=k, GATED=gated)
+    return out
+
+
+@torch.library.custom_op("llmprofiles::mlp_gemv", mutates_args=())
+def mlp_op(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """``down @ (gelu(gate) * up)`` of one token ``h`` ``[..., hidden]`` (one token in all): the two kernels above,
+    as one operator that ``torch.compile`` keeps whole; off CUDA, without Triton, the same in PyTorch."""
+    if not available(h.device):
+        gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+        return F.linear(F.gelu(gate, approximate="tanh") * up, down)
+    act = gemv(h, gate_up, gated=True)
+    return gemv(act, down, gated=False).reshape(*h.shape[:-1], down.shape[0])
+
+
+@mlp_op.register_fake
+def _(h, gate_up, down):
+    return h.new_empty(*h.shape[:-1], down.shape[0])

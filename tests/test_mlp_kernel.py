@@ -1,0 +1,81 @@
+"""The batch-1 MLP kernels (llmprofiles.generation.mlp) against the PyTorch MLP they replace.
+
+On the CPU machine they run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``), where Triton
+is installed; on a GPU compiled and autotuned, at gemma-3-1b's MLP shapes too. Without Triton the test is
+skipped, and the step keeps inductor's multiply-and-reduce form.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch): the kernels cannot run")
+
+from llmprofiles.generation import forward, mlp  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def kernels():
+    if not mlp.available(DEVICE):
+        pytest.skip(f"the MLP kernels cannot run on {DEVICE} here")
+
+
+def reference(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The unfused MLP, rounding to the weights' dtype after each projection and the activation, as eager does."""
+    gate, up = F.linear(h.float(), gate_up.float()).to(h.dtype).chunk(2, dim=-1)
+    act = F.gelu(gate.float(), approximate="tanh").to(h.dtype) * up
+    return F.linear(act.float(), down.float()).to(h.dtype)
+
+
+SHAPES = [(64, 128), (96, 200), (33, 70)]  # (hidden, intermediate): block multiples, and neither rows nor columns
+if DEVICE.type == "cuda":
+    SHAPES.append((1152, 6912))  # gemma-3-1b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("hidden,inter", SHAPES)
+def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype):
+    g = torch.Generator().manual_seed(hidden + inter)
+    h = torch.randn(1, 1, hidden, generator=g).to(DEVICE, dtype)
+    gate_up = (torch.randn(2 * inter, hidden, generator=g) * hidden ** -0.5).to(DEVICE, dtype)
+    down = (torch.randn(hidden, inter, generator=g) * inter ** -0.5).to(DEVICE, dtype)
+    got = mlp.mlp_op(h, gate_up, down)
+    want = reference(h, gate_up, down)
+    assert got.shape == want.shape == (1, 1, hidden) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp16: the reductions' order, one rounding apart
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+def test_a_weight_of_another_layout_is_refused_with_its_shape_and_strides():
+    w = torch.randn(8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"row-major weight \[N, K\].*\(16, 8\) with strides \(1, 16\)"):
+        mlp.gemv(torch.randn(8, device=DEVICE), w.t(), gated=False)
+    with pytest.raises(ValueError, match="an input of K=16 values; got .* an input of 12"):
+        mlp.gemv(torch.randn(12, device=DEVICE), w, gated=False)
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["kernel", "multiply-and-reduce"])
+def test_the_batch_1_mlp_takes_the_kernels_only_when_they_are_on(monkeypatch, on):
+    """out_mlp with single-token projections (the batch-1 decode step) calls the kernels, both of them, once per
+    call; with MLP_KERNEL off, or for a step of several tokens, it does not. Same result either way."""
+    calls = []
+    real = mlp.gemv
+    monkeypatch.setattr(mlp, "gemv", lambda x, w, gated: calls.append(gated) or real(x, w, gated))
+    monkeypatch.setattr(forward, "MLP_KERNEL", on)
+    g = torch.Generator().manual_seed(0)
+    hidden, inter = 32, 48
+    weights = [torch.randn(*s, generator=g).to(DEVICE) * 0.2 for s in
+               [(hidden, 2 * 16), (hidden,), (hidden,), (2 * inter, hidden), (hidden, inter), (hidden,)]]
+    attn = torch.randn(1, 2, 1, 16, generator=g).to(DEVICE)
+    residual = torch.randn(1, 1, hidden, generator=g).to(DEVICE)
+    got = forward.out_mlp(attn, residual, *weights, 1e-6, gemv=True)
+    assert calls == ([True, False] if on else [])
+    torch.testing.assert_close(got, forward.out_mlp(attn, residual, *weights, 1e-6), atol=1e-5, rtol=1e-5)
+    calls.clear()
+    forward.out_mlp(attn.expand(1, 2, 3, 16), residual.expand(1, 3, hidden), *weights, 1e-6, gemv=False)
+    assert calls == []
