@@ -95,7 +95,7 @@ PREFILL_BATCHES = {"cuda": (1, 2, 4), "cpu": (1,)}
 # record (session 16, two fresh builds): attempts 1.247 / 1.272 / 1.317 and 1.320 / 1.298 / 1.307 ms, engine calls
 # 1.352 and 1.358 ms (spread 0.4%).
 DECODE_TUNE_RUNS = 3
-CODE = ["generation/build.py", "generation/tuning.py", "generation/forward.py", "generation/attention.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
+CODE = ["generation/build.py", "generation/tuning.py", "generation/forward.py", "generation/attention.py", "generation/mlp.py", "generation/tokenizer.py", "profiles/generation.py", "models.py"]
 
 # Inputs and outputs carry the names TensorRT-LLM, vLLM and genai-perf clients already send and read.
 INPUTS = (
