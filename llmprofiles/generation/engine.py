@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmprofiles.generation import mlp
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
 from llmprofiles.generation.kvcache import SlotPool, allocate_pool
 from llmprofiles.generation.sampler import greedy_banned
@@ -355,6 +356,8 @@ class GenerationEngine:
             log.info("profile %d %r warm in %.1f s", i, self.profiles.names[i], times[-1])
         self.compile_s = compile_seconds()
         log.info("compile seconds in this process, by stage: %s", self.compile_s)
+        if mlp.chosen():
+            log.info("the batch-1 MLP kernels' block sizes (autotuned): %s", mlp.chosen())
         return times
 
 

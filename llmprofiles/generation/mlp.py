@@ -29,8 +29,10 @@ from llmprofiles.generation.attention import INTERPRETED, triton
 if triton is not None:
     import triton.language as tl
 
-# (rows per program, weight columns per iteration, warps): tried in turn by the autotuner on the GPU.
-CONFIGS = [(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8)]
+# (rows per program, weight columns per iteration, warps): tried in turn by the autotuner on the GPU. Each program
+# holds two float32 tiles of rows x columns: at most 4,096 values each (16 x 512 spilled registers, and its compile
+# and benchmark made the GPU tests' autotuning run past their time at gemma-3-1b's shapes in float32).
+CONFIGS = [(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8) if n * k <= 4096]
 INTERPRETED_CONFIG = (4, 64, 4)
 
 
@@ -70,6 +72,21 @@ if triton is not None:
     _gemv_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in CONFIGS],
         key=["N", "K", "GATED"])(triton.jit(_gemv))
+
+
+def chosen() -> dict[str, str]:
+    """The autotuner's choice per weight shape so far: ``"N x K gated"`` -> ``"BLOCK_N x BLOCK_K, warps"``."""
+    if triton is None or INTERPRETED:
+        return {}
+    out = {}
+    for key, config in getattr(_gemv_tuned, "cache", {}).items():  # the key: N, K, GATED, then dtypes
+        try:
+            n, k, gated = key[:3]
+            kw = config.kwargs
+            out[f"{n} x {k}{' gated' if gated else ''}"] = f"{kw['BLOCK_N']} x {kw['BLOCK_K']}, {config.num_warps} warps"
+        except (TypeError, ValueError, KeyError, AttributeError):  # another Triton's layout: name it as it is
+            out[str(key)] = str(config)
+    return out
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
