@@ -1,7 +1,7 @@
 """The batch-1 MLP kernels (llmprofiles.generation.mlp) against the PyTorch MLP they replace.
 
 On the CPU machine they run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``), where Triton
-is installed; on a GPU compiled and autotuned, at gemma-3-1b's MLP shapes too. Without Triton the test is
+is installed; on a GPU compiled, and autotuned at gemma-3-1b's MLP shape (each shape autotuned is 16 compiles). Without Triton the test is
 skipped, and the step keeps inductor's multiply-and-reduce form.
 """
 
@@ -39,7 +39,9 @@ if DEVICE.type == "cuda":
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("hidden,inter", SHAPES)
-def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype):
+def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype, monkeypatch):
+    if (hidden, inter) != (1152, 6912) and mlp.FIXED is None:  # on the GPU only gemma-3-1b's shape is autotuned
+        monkeypatch.setattr(mlp, "FIXED", (4, 64, 4))
     g = torch.Generator().manual_seed(hidden + inter)
     h = torch.randn(1, 1, hidden, generator=g).to(DEVICE, dtype)
     gate_up = (torch.randn(2 * inter, hidden, generator=g) * hidden ** -0.5).to(DEVICE, dtype)

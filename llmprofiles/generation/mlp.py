@@ -5,8 +5,9 @@ multiply-and-reduce (:func:`llmprofiles.generation.forward.linear`), inductor fu
 norm before it, but it also fuses the activation ``gelu(gate) * up`` into the down projection's
 reduction: every program of that kernel recomputes the whole 6,912-wide activation for its own rows.
 On the H200 the down projection (1152 x 6912, 15.9 MB) took 9.7 us a layer that way, 1.6 TB/s, and
-gate/up (31.8 MB) 10.6 us (the batch-1 step's kernel table, session 17,
-``results/2026-11-30-session17-mlp/``). Here:
+gate/up (31.8 MB) 10.6 us. With the two kernels below the pair takes 16.1 us a layer (3.0 TB/s), and the
+batch-1 step's graph replayed in 1.24-1.26 ms against 1.41-1.55 ms, side by side in one process
+(bench/results/2026-11-30-session17-mlp/, README). Here:
 
 - one kernel reads the gate and up rows of the fused ``gate_up`` weight side by side, and each program
   finishes its own rows of the activation: ``gelu(h . gate_i) * (h . up_i)``, rounded to the weights'
@@ -16,7 +17,7 @@ gate/up (31.8 MB) 10.6 us (the batch-1 step's kernel table, session 17,
 Each kernel's block sizes are chosen by Triton's autotuner on its first call (the warm-up, before any
 graph is captured), per weight shape. Off CUDA, or without Triton, the same arithmetic runs in PyTorch.
 With ``TRITON_INTERPRET=1`` set when this module is imported, the kernels run on the CPU in Triton's
-interpreter, at one fixed block size (the tests do, where Triton is installed).
+interpreter, at one fixed block size (:data:`FIXED`; the tests do, where Triton is installed).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ if triton is not None:
 # holds two float32 tiles of rows x columns: at most 4,096 values each (16 x 512 spilled registers, and its compile
 # and benchmark made the GPU tests' autotuning run past their time at gemma-3-1b's shapes in float32).
 CONFIGS = [(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8) if n * k <= 4096]
-INTERPRETED_CONFIG = (4, 64, 4)
+# One block size for every shape instead of the autotuner's choice: always in Triton's interpreter (the CPU tests);
+# the GPU tests set it for their small odd shapes, whose autotuning (16 compiles per shape) would take minutes.
+FIXED: tuple[int, int, int] | None = (4, 64, 4) if INTERPRETED else None
 
 
 def available(device: torch.device) -> bool:
@@ -76,7 +79,7 @@ if triton is not None:
 
 def chosen() -> dict[str, str]:
     """The autotuner's choice per weight shape so far: ``"N x K gated"`` -> ``"BLOCK_N x BLOCK_K, warps"``."""
-    if triton is None or INTERPRETED:
+    if triton is None or FIXED is not None:
         return {}
     out = {}
     for key, config in getattr(_gemv_tuned, "cache", {}).items():  # the key: N, K, GATED, then dtypes
@@ -98,8 +101,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
                          f"{tuple(w.shape)} with strides {w.stride()} and an input of {x.numel()}")
     x = x.reshape(k).contiguous()
     out = torch.empty(n, dtype=w.dtype, device=w.device)
-    if INTERPRETED:
-        bn, bk, warps = INTERPRETED_CONFIG
+    if FIXED is not None:
+        bn, bk, warps = FIXED
         _gemv_fixed[(triton.cdiv(n, bn),)](x, w, out, n, K=k, GATED=gated, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     else:
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, w, out, n, K=k, GATED=gated)
