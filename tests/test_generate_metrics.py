@@ -180,3 +180,31 @@ def test_stopping_sends_every_queued_final():
     stopping.join(5)
     assert sent == ["x", "y"] and not finals._threads[0].is_alive()
     m.close()
+
+
+def test_finalize_stages_are_timed_in_turn_and_a_stuck_thread_is_named_with_where_it_waits():
+    """stop_in_turn (the generate model's finalize): every stage runs even after one fails, a missing one is skipped,
+    and a generate thread still alive afterwards is named with its frames, so a slow unload says where it hangs."""
+    import threading
+
+    from llmprofiles.serving.generate import stop_in_turn
+
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, name="generate-stuck", daemon=True)
+    ran = []
+
+    def fail():
+        ran.append("fail")
+        raise RuntimeError("boom")
+
+    try:
+        line = stop_in_turn([("first", lambda: ran.append("first")), ("fails", fail), ("absent", None),
+                             ("starts", stuck.start), ("last", lambda: ran.append("last"))])
+    finally:
+        release.set()
+    assert ran == ["first", "fail", "last"]
+    assert line.startswith("finalize s by stage {'first': 0.0, 'fails': 'failed after")
+    assert "RuntimeError: boom" in line and "'absent'" not in line and "'last': 0.0" in line
+    assert "threads still alive: generate-stuck in wait (threading.py:" in line
+    stuck.join(5)
+    assert "threads still alive" not in stop_in_turn([("first", lambda: None)])

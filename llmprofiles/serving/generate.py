@@ -368,3 +368,35 @@ class Finals(ResponsePump):
             send(out)
 
         super().__init__(flushed, threads=1)
+
+
+def stop_in_turn(stages: list[tuple[str, Callable[[], None] | None]]) -> str:
+    """Run a model's ``finalize`` stages in order, each timed; a line for the server's log.
+
+    Triton gives a model 30 s to unload when the server stops. After a long run on the H200 the generate model
+    once took longer, and nothing said where (bench/NOTES.md, session 16). The line gives each stage's seconds
+    (or its error: the next stage still runs), and every ``generate-*`` thread still alive after them with the
+    innermost frames it is in.
+    """
+    import sys
+    import time
+    import traceback
+
+    seconds: dict[str, float | str] = {}
+    for name, stop in stages:
+        if stop is None:
+            continue
+        t0 = time.perf_counter()
+        try:
+            stop()
+            seconds[name] = round(time.perf_counter() - t0, 2)
+        except Exception as e:  # noqa: BLE001 - a stage that fails must not keep the others from running
+            seconds[name] = f"failed after {time.perf_counter() - t0:.2f} s: {type(e).__name__}: {e}"
+    frames = sys._current_frames()
+    alive = []
+    for t in threading.enumerate():
+        if t.name.startswith("generate-") and t.is_alive() and t.ident in frames:
+            where = traceback.extract_stack(frames[t.ident])[-3:]
+            alive.append(f"{t.name} in " + " < ".join(f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})"
+                                                       for f in reversed(where)))
+    return f"finalize s by stage {seconds}" + (f"; threads still alive: {'; '.join(alive)}" if alive else "")

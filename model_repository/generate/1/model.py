@@ -25,7 +25,7 @@ from llmprofiles.generation.engine import load_generation_engine
 from llmprofiles.generation.scheduler import GenerateRequest, QueueFull, Scheduler
 from llmprofiles.generation.tokenizer import Tokenizer
 from llmprofiles.serving.generate import (INPUT_NAMES, Finals, Limits, MetricsObserver, check_shapes, parse_request,
-                                          response_arrays)
+                                          response_arrays, stop_in_turn)
 from llmprofiles.serving.llm import BadRequest
 from llmprofiles.serving.pump import ResponsePump, StreamInterval
 
@@ -140,8 +140,6 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        self.scheduler.stop()
-        if self.pump:
-            self.pump.stop()
-        self.finals.stop()
-        self.observer.close()
+        pb_utils.Logger.log_info("generate: " + stop_in_turn([
+            ("scheduler", self.scheduler.stop), ("send threads", self.pump.stop if self.pump else None),
+            ("finals", self.finals.stop), ("metrics", self.observer.close)]))
