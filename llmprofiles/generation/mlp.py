@@ -66,8 +66,8 @@ if triton is not None:
         if GATED:
             g = y.to(dtype).to(tl.float32)
             up = tl.sum(acc_up, axis=1).to(dtype).to(tl.float32)
-            inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)  # gelu, tanh form: tanh(z) = 2 sigmoid(2z) - 1
-            gelu = 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+            # gelu, tanh form: 0.5 g (1 + tanh(z)), and 1 + tanh(z) = 2 sigmoid(2z)
+            gelu = g * tl.sigmoid(2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
             y = gelu.to(dtype).to(tl.float32) * up
         tl.store(out_ptr + rows, y.to(dtype), mask=live)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -378,10 +381,6 @@ def stop_in_turn(stages: list[tuple[str, Callable[[], None] | None]]) -> str:
     (or its error: the next stage still runs), and every ``generate-*`` thread still alive after them with the
     innermost frames it is in.
     """
-    import sys
-    import time
-    import traceback
-
     seconds: dict[str, float | str] = {}
     for name, stop in stages:
         if stop is None:
