@@ -4,13 +4,14 @@ Each variant compiles the seq=1 profile as the engine does (torch.compile, then
 a CUDA graph through StaticGraphRunner): the engine's static options, with
 coordinate descent on or off ("cdt"), with or without fused projections, with
 or without single-token projections as reductions ("gemv", ``fusion.use_gemv``),
-and with or without single-query attention as reductions instead of SDPA
-("sqa", ``fusion.use_single_query_attention``). For each it reports the compile
+with or without single-query attention as reductions instead of SDPA
+("sqa", ``fusion.use_single_query_attention``), and with or without the gated MLP's
+two kernels ("mlp", ``fusion.use_mlp_kernel``). For each it reports the compile
 time, the engine-style call (host tensors in, logits out) and the graph replay
 alone, as median and p99 in ms, the max |logit diff| against HF eager, and a
 kernel profile of the replay (kernels per replay and GPU busy time, by kind and
 by the costliest kernels). Variants run in the order of their module changes
-(plain, fused, gemv, sqa), which are one-way.
+(plain, fused, gemv, sqa, mlp), which are one-way.
 
     python -m bench.decode_variants --model gemma-3-1b --variants plain,fused+gemv+cdt
 """
@@ -32,30 +33,33 @@ from llmprofiles.runtimes.compiled import PDL, STATIC_OPTIONS, StaticGraphRunner
 CDT = {"coordinate_descent_tuning": True}
 NO_CDT = {"coordinate_descent_tuning": False}
 # name: (fuse projections, single-token projections as reductions, single-query attention without SDPA,
-#        inductor options over STATIC_OPTIONS)
+#        the MLP kernels (fusion.use_mlp_kernel), inductor options over STATIC_OPTIONS)
 VARIANTS = {
-    "plain": (False, False, False, NO_CDT),
-    "cdt": (False, False, False, CDT),
-    "fused": (True, False, False, NO_CDT),
-    "fused+cdt": (True, False, False, CDT),
-    "fused+gemv": (True, True, False, NO_CDT),
-    "fused+gemv+cdt": (True, True, False, CDT),
-    "fused+gemv+sqa": (True, True, True, NO_CDT),
-    "fused+gemv+cdt+sqa": (True, True, True, CDT),  # what the engine ships
+    "plain": (False, False, False, False, NO_CDT),
+    "cdt": (False, False, False, False, CDT),
+    "fused": (True, False, False, False, NO_CDT),
+    "fused+cdt": (True, False, False, False, CDT),
+    "fused+gemv": (True, True, False, False, NO_CDT),
+    "fused+gemv+cdt": (True, True, False, False, CDT),
+    "fused+gemv+sqa": (True, True, True, False, NO_CDT),
+    "fused+gemv+cdt+sqa": (True, True, True, False, CDT),  # what the engine ships
     # Independent kernels (e.g. the q and k norms) launched as one.
-    "fused+gemv+cdt+sqa+combo": (True, True, True, {**CDT, "combo_kernels": True}),
+    "fused+gemv+cdt+sqa+combo": (True, True, True, False, {**CDT, "combo_kernels": True}),
     # Longer pointwise chains (gelu(gate) * up) are stored once instead of recomputed by every program of the
     # reduction that reads them (down_proj's GEMV). Inductor's default threshold is 30 ops.
-    "fused+gemv+cdt+sqa+realize": (True, True, True, {**CDT, "realize_opcount_threshold": 8}),
+    "fused+gemv+cdt+sqa+realize": (True, True, True, False, {**CDT, "realize_opcount_threshold": 8}),
     # Coordinate descent that tries every direction and two steps at a time: a wider search for each kernel's
     # launch config, so less left to the order of the benchmarks (the spread between compiles, issue 12).
-    "fused+gemv+cdt+sqa+wide": (True, True, True, {**CDT, "coordinate_descent_check_all_directions": True,
-                                                   "coordinate_descent_search_radius": 2}),
+    "fused+gemv+cdt+sqa+wide": (True, True, True, False, {**CDT, "coordinate_descent_check_all_directions": True,
+                                                          "coordinate_descent_search_radius": 2}),
     # Nodes fused even when they share no buffer (e.g. a norm's reduction beside the GEMV that reads its input).
-    "fused+gemv+cdt+sqa+aggr": (True, True, True, {**CDT, "aggressive_fusion": True}),
+    "fused+gemv+cdt+sqa+aggr": (True, True, True, False, {**CDT, "aggressive_fusion": True}),
     # Programmatic dependent launch: each kernel starts launching while the one before it finishes
     # (the build tries it too: compiled.TUNE_VARIANTS).
-    "fused+gemv+cdt+sqa+pdl": (True, True, True, {**CDT, **PDL}),
+    "fused+gemv+cdt+sqa+pdl": (True, True, True, False, {**CDT, **PDL}),
+    # The gated MLP's single token through generate's two MLP kernels (gate/up with the activation, then down):
+    # inductor's form recomputes gelu(gate) * up in every program of down's GEMV (generate, session 17).
+    "fused+gemv+cdt+sqa+mlp": (True, True, True, True, CDT),
 }
 
 
@@ -159,14 +163,16 @@ def main() -> None:
     with torch.no_grad():
         ref = wrapper(ids.to(device), pos.to(device)).float()
     results = {}
-    for name in sorted(names, key=lambda n: VARIANTS[n][:3]):  # module changes are one-way: plain first
-        fused, gemv, sqa, extra = VARIANTS[name]
+    for name in sorted(names, key=lambda n: VARIANTS[n][:4]):  # module changes are one-way: plain first
+        fused, gemv, sqa, mlp_kernel, extra = VARIANTS[name]
         if fused:
             fusion.fuse_projections(wrapper)
         if gemv:
             fusion.use_gemv(wrapper)
         if sqa:
             fusion.use_single_query_attention(wrapper.model)
+        if mlp_kernel:
+            fusion.use_mlp_kernel(wrapper.model)
         torch._dynamo.reset()
         t0 = time.perf_counter()
         try:

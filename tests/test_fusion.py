@@ -217,3 +217,31 @@ def test_requests_after_load_compile_nothing(compiled_engine):
         thread.join()
     assert not errors, errors
     assert counters["stats"]["unique_graphs"] == before
+
+
+def test_the_mlp_kernel_computes_a_single_token_of_each_fused_gemma_mlp_with_the_same_logits(monkeypatch):
+    """use_mlp_kernel switches every gated MLP whose gate/up are fused; a single token then goes through the MLP
+    kernels (in Triton's interpreter here, where Triton is installed; else their PyTorch form), several tokens and
+    unfused MLPs do not. The logits are the same either way."""
+    from llmprofiles.generation import mlp
+    from llmprofiles.runtimes.fusion import use_mlp_kernel
+
+    model = LastTokenLM(load_model("tiny", torch.float32))
+    layers = model.model.config.num_hidden_layers
+    assert use_mlp_kernel(model) == 0  # gate and up not fused yet: left alone
+    fuse_projections(model)
+    calls = []
+    real = mlp.mlp_op
+    monkeypatch.setattr(mlp, "mlp_op", lambda *a: calls.append(a[0].shape) or real(*a))
+    decode = torch.randint(0, 32000, (1, 1), generator=torch.Generator().manual_seed(1))
+    prefill = torch.randint(0, 32000, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = [model(ids, default_position_ids(ids)) for ids in (decode, prefill)]
+        assert use_mlp_kernel(model) == layers and use_mlp_kernel(model) == 0  # once only
+        after_decode = model(decode, default_position_ids(decode))
+        assert len(calls) == (layers if mlp.available(torch.device("cpu")) else 0)
+        calls.clear()
+        after_prefill = model(prefill, default_position_ids(prefill))
+        assert calls == []
+    torch.testing.assert_close(after_decode, before[0], atol=1e-4, rtol=1e-4)
+    assert torch.equal(after_prefill, before[1])

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from llmprofiles.generation import mlp
+
 # Projections that read the same input, in the order their outputs are concatenated.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -120,6 +122,42 @@ def use_gemv(model: nn.Module) -> int:
             if isinstance(child, Projection) and not child.gemv:
                 child.gemv = True
                 switched += 1
+    return switched
+
+
+# --- the gated MLP as two matrix-vector kernels -----------------------------------
+
+
+def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() == x.shape[-1] and mlp.available(x.device):
+        return mlp.mlp_op(x, module.gate_proj.fused.weight, module.down_proj.weight)
+    return type(module).forward(module, x)
+
+
+def use_mlp_kernel(model: nn.Module) -> int:
+    """Every gated tanh-GELU MLP (Gemma's) whose gate and up are one fused projection (:func:`fuse_projections`)
+    computes a single token with the generate engine's MLP kernels (``llmprofiles.generation.mlp``: gate and up
+    with the activation in one kernel, then down), where they can run; other inputs, and other devices, keep its
+    own forward. Returns how many MLPs were switched.
+
+    Inductor inlines ``gelu(gate) * up`` into the down projection's reduction, so every program of that kernel
+    recomputes the whole activation: ``llm``'s batch-1 step has the same 9 us kernel per layer as generate's had.
+    Not used by the engine yet: ``bench.decode_variants``'s ``+mlp`` variant measures it first.
+    """
+    switched = 0
+    for module in model.modules():
+        gate, up, down = (getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
+        if not (isinstance(gate, ProjectionSlice) and isinstance(up, ProjectionSlice) and gate.fused is up.fused):
+            continue
+        n, whole = gate.out_features, gate.fused
+        if (gate.start, up.start, up.stop) != (0, n, 2 * n) or whole.weight.shape[0] != 2 * n or whole.bias is not None:
+            continue
+        act = getattr(getattr(module, "config", None), "hidden_activation", None)
+        if not isinstance(down, (nn.Linear, Projection)) or down.bias is not None or act != "gelu_pytorch_tanh":
+            continue
+        if "forward" not in vars(module):  # not switched already
+            module.forward = _kernel_mlp_forward.__get__(module)
+            switched += 1
     return switched
 
 
