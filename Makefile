@@ -87,8 +87,8 @@ bench: $(SETUP)  ## GPU benchmark of BENCH_MODEL: engine alone and through Trito
 	$(MAKE) build DEVICE=cuda MODEL=$(BENCH_MODEL) PY=$(PY)
 	BENCH_VIA_MAKE='make bench PY=$(PY) BENCH_MODEL=$(BENCH_MODEL) BENCH_ARGS="$(BENCH_ARGS)"' $(PY) -m bench.llm_bench $(BENCH_ARGS)
 
-bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (single-query attention, coordinate descent), kernel profiles
-	$(PY) -m bench.decode_variants --model $(BENCH_MODEL)
+bench-decode: $(SETUP)  ## GPU: static decode compile variants side by side (single-query attention, coordinate descent, the MLP kernels), kernel profiles; BENCH_ARGS="--variants a,b"
+	$(PY) -m bench.decode_variants --model $(BENCH_MODEL) $(BENCH_ARGS)
 
 bench-generate: $(SETUP)  ## GPU: the generate model of BENCH_MODEL: engine, Triton streaming (client + perf_analyzer), load, HF anchor; BENCH_ARGS="--phase engine" etc.
 	$(PY) build/build_generate.py --model $(BENCH_MODEL) --device cuda $(GEN_OPTS) --out model_repository/generate
