@@ -1,7 +1,8 @@
 """The batch-1 MLP kernels (llmprofiles.generation.mlp) against the PyTorch MLP they replace.
 
 On the CPU machine they run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``), where Triton
-is installed; on a GPU compiled, and autotuned at gemma-3-1b's MLP shape (each shape autotuned is 16 compiles). Without Triton the test is
+is installed, at every block size the autotuner may choose. On a GPU they are compiled, and autotuned at
+gemma-3-1b's MLP shape only (one compile per block size in ``mlp.CONFIGS``). Without Triton the tests are
 skipped, and the step keeps inductor's multiply-and-reduce form.
 """
 
@@ -51,6 +52,19 @@ def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype, monkeypatch):
     assert got.shape == want.shape == (1, 1, hidden) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp16: the reductions' order, one rounding apart
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(mlp.FIXED is None, reason="on a GPU each block size is a compile; the interpreter runs them all")
+def test_every_block_size_the_autotuner_may_choose_gives_the_same_mlp(monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    hidden, inter = 40, 72  # neither a multiple of any block size
+    h = torch.randn(1, 1, hidden, generator=g).to(DEVICE)
+    gate_up, down = torch.randn(2 * inter, hidden, generator=g).to(DEVICE), torch.randn(hidden, inter, generator=g).to(DEVICE)
+    want = reference(h, gate_up * 0.1, down * 0.1)
+    for config in mlp.CONFIGS:
+        monkeypatch.setattr(mlp, "FIXED", config)
+        torch.testing.assert_close(mlp.mlp_op(h, gate_up * 0.1, down * 0.1), want, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, c=config: f"block size {c}: {m}")
 
 
 def test_a_weight_of_another_layout_is_refused_with_its_shape_and_strides():

@@ -32,10 +32,12 @@ if triton is not None:
 
 # (rows per program, weight columns per iteration, warps): tried in turn by the autotuner on the GPU. Each program
 # holds two float32 tiles of rows x columns: at most 4,096 values each (16 x 512 spilled registers, and its compile
-# and benchmark made the GPU tests' autotuning run past their time at gemma-3-1b's shapes in float32).
-CONFIGS = [(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8) if n * k <= 4096]
+# and benchmark made the GPU tests' autotuning run past their time at gemma-3-1b's shapes in float32). One or two
+# rows per program give the down projection (1,152 rows) more programs than the GPU has processors.
+CONFIGS = ([(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 8) if n * k <= 4096]
+           + [(1, 1024, 4), (1, 2048, 4), (2, 512, 4), (2, 1024, 4)])
 # One block size for every shape instead of the autotuner's choice: always in Triton's interpreter (the CPU tests);
-# the GPU tests set it for their small odd shapes, whose autotuning (16 compiles per shape) would take minutes.
+# the GPU tests set it for their small odd shapes, whose autotuning (a compile per block size, per shape) would take minutes.
 FIXED: tuple[int, int, int] | None = (4, 64, 4) if INTERPRETED else None
 
 
