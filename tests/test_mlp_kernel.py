@@ -41,6 +41,8 @@ if DEVICE.type == "cuda":
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("hidden,inter", SHAPES)
 def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype, monkeypatch):
+    if (hidden, inter) == (1152, 6912) and dtype != torch.float16:
+        pytest.skip("gemma-3-1b's shape is served in fp16 only (each shape and dtype autotuned is 20 compiles)")
     if (hidden, inter) != (1152, 6912) and mlp.FIXED is None:  # on the GPU only gemma-3-1b's shape is autotuned
         monkeypatch.setattr(mlp, "FIXED", (4, 64, 4))
     g = torch.Generator().manual_seed(hidden + inter)

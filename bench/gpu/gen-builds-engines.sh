@@ -15,5 +15,5 @@ E="--phase engine --state $GEN_STATE"
  tmo 400 make build $B > "$LOG/gen_build2.log" 2>&1; el generate build 2 rc=$?
  tmo 200 make bench-generate PY=python3 BENCH_ARGS="$E" > "$LOG/gen_engine2.log" 2>&1; el generate engine phase 2 rc=$?
  cp bench/tmp/generate-state.json ../bench/tmp/generate-state-b2.json
- tmo 60 python3 -m pytest -q -p no:cacheprovider tests/test_mlp_kernel.py > "$LOG/gpu_tests_mlp.log" 2>&1; el MLP kernel GPU tests rc=$?) & P0=$!
+ tmo 120 python3 -m pytest -q -p no:cacheprovider tests/test_mlp_kernel.py > "$LOG/gpu_tests_mlp.log" 2>&1; el MLP kernel GPU tests rc=$?) & P0=$!
 wait $P0 $P1; finish
