@@ -1,4 +1,4 @@
-# The call after gen-builds-engines.sh (about 6 min on nvidia-h200-x2; CALL_S=400): build 1's Triton phase on GPU 1
+# The call after gen-builds-engines.sh (about 8 min on nvidia-h200-x2; CALL_S=480): build 1's Triton phase on GPU 1
 # (the sweep 1/8/32/64 with client/generate.py and perf_analyzer, first request after ready); on GPU 0 the batch-1
 # step with the MLP kernels against inductor's MLP, side by side in one process, twice each
 # (bench/probes/decode_step.py), the batch-1 kernel table (bench/probes/step_kernels.py), then generate's GPU tests.
@@ -13,6 +13,6 @@ source bench/gpu/env.sh
  tmo 100 python3 -m bench.probes.step_kernels --cases decode_b1 --sdpa-lengths "" --out "$LOG/step_kernels_mlp.json" \
    > "$LOG/step_kernels_mlp.log" 2>&1; el kernel table rc=$?
  export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-tests
- tmo 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py tests/test_decode_attention.py tests/test_mlp_kernel.py \
+ tmo 260 python3 -m pytest -q -p no:cacheprovider tests/test_generation_gpu.py tests/test_decode_attention.py tests/test_mlp_kernel.py \
    > "$LOG/gpu_tests_generate.log" 2>&1; el generate GPU tests rc=$?) & P0=$!
 wait $P0 $P1; finish
