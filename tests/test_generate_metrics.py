@@ -184,14 +184,14 @@ def test_stopping_sends_every_queued_final():
 
 def test_finalize_stages_are_timed_in_turn_and_a_stuck_thread_is_named_with_where_it_waits():
     """stop_in_turn (the generate model's finalize): every stage runs even after one fails, a missing one is skipped,
-    and a generate thread still alive afterwards is named with its frames, so a slow unload says where it hangs."""
+    each is announced as it starts, and a generate thread still alive afterwards is named with its frames."""
     import threading
 
     from llmprofiles.serving.generate import stop_in_turn
 
     release = threading.Event()
     stuck = threading.Thread(target=release.wait, name="generate-stuck", daemon=True)
-    ran = []
+    ran, said = [], []
 
     def fail():
         ran.append("fail")
@@ -199,12 +199,36 @@ def test_finalize_stages_are_timed_in_turn_and_a_stuck_thread_is_named_with_wher
 
     try:
         line = stop_in_turn([("first", lambda: ran.append("first")), ("fails", fail), ("absent", None),
-                             ("starts", stuck.start), ("last", lambda: ran.append("last"))])
+                             ("starts", stuck.start), ("last", lambda: ran.append("last"))], say=said.append)
     finally:
         release.set()
     assert ran == ["first", "fail", "last"]
+    assert said == ["finalize: first", "finalize: fails", "finalize: starts", "finalize: last"]
     assert line.startswith("finalize s by stage {'first': 0.0, 'fails': 'failed after")
     assert "RuntimeError: boom" in line and "'absent'" not in line and "'last': 0.0" in line
     assert "threads still alive: generate-stuck in wait (threading.py:" in line
     stuck.join(5)
     assert "threads still alive" not in stop_in_turn([("first", lambda: None)])
+
+
+def test_finalize_returns_within_its_budget_when_a_stage_hangs_and_names_the_stage_and_where():
+    """A stage that never returns (a send the server no longer answers) must not hold the unload past Triton's exit
+    timeout: stop_in_turn gives up after its budget, names the stage and the frames it hangs in, and the later
+    stages do not run."""
+    import threading
+    import time
+
+    from llmprofiles.serving.generate import stop_in_turn
+
+    release = threading.Event()
+    ran = []
+    t0 = time.perf_counter()
+    try:
+        line = stop_in_turn([("quick", lambda: ran.append("quick")), ("hangs", release.wait),
+                             ("after", lambda: ran.append("after"))], budget_s=0.3)
+        took = time.perf_counter() - t0
+    finally:
+        release.set()
+    assert took < 2 and ran == ["quick"]
+    assert "'hangs': 'still running after 0.3 s: gave up'" in line
+    assert "generate-finalize in wait (threading.py:" in line

@@ -373,24 +373,40 @@ class Finals(ResponsePump):
         super().__init__(flushed, threads=1)
 
 
-def stop_in_turn(stages: list[tuple[str, Callable[[], None] | None]]) -> str:
-    """Run a model's ``finalize`` stages in order, each timed; a line for the server's log.
+def stop_in_turn(stages: list[tuple[str, Callable[[], None] | None]], budget_s: float = 25.0,
+                 say: Callable[[str], None] = lambda line: None) -> str:
+    """Run a model's ``finalize`` stages in order, each timed, within ``budget_s``; a line for the server's log.
 
-    Triton gives a model 30 s to unload when the server stops. After a long run on the H200 the generate model
-    once took longer, and nothing said where (bench/NOTES.md, session 16). The line gives each stage's seconds
-    (or its error: the next stage still runs), and every ``generate-*`` thread still alive after them with the
-    innermost frames it is in.
+    Triton gives a model 30 s to unload when the server stops. On the H200 the generate model sometimes took longer
+    (bench/NOTES.md, sessions 16 and 17), and nothing said where. The stages run in a thread of their own
+    (``generate-finalize``); ``say`` is told each one as it starts, so a stage that never returns is named even if
+    nothing else gets out. Past ``budget_s`` this returns without them, and the server can unload: the threads that
+    hang are daemons and end with the process. The line gives each stage's seconds (or its error: the next stage
+    still runs; or that it was still running), and every ``generate-*`` thread still alive with the innermost frames
+    it is in.
     """
     seconds: dict[str, float | str] = {}
-    for name, stop in stages:
-        if stop is None:
-            continue
-        t0 = time.perf_counter()
-        try:
-            stop()
-            seconds[name] = round(time.perf_counter() - t0, 2)
-        except Exception as e:  # noqa: BLE001 - a stage that fails must not keep the others from running
-            seconds[name] = f"failed after {time.perf_counter() - t0:.2f} s: {type(e).__name__}: {e}"
+    current: list[str] = []
+
+    def run() -> None:
+        for name, stop in stages:
+            if stop is None:
+                continue
+            current[:] = [name]
+            say(f"finalize: {name}")
+            t0 = time.perf_counter()
+            try:
+                stop()
+                seconds[name] = round(time.perf_counter() - t0, 2)
+            except Exception as e:  # noqa: BLE001 - a stage that fails must not keep the others from running
+                seconds[name] = f"failed after {time.perf_counter() - t0:.2f} s: {type(e).__name__}: {e}"
+        current.clear()
+
+    worker = threading.Thread(target=run, name="generate-finalize", daemon=True)
+    worker.start()
+    worker.join(budget_s)
+    if worker.is_alive() and current:
+        seconds[current[0]] = f"still running after {budget_s:g} s: gave up"
     frames = sys._current_frames()
     alive = []
     for t in threading.enumerate():

@@ -140,6 +140,8 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        pb_utils.Logger.log_info("generate: " + stop_in_turn([
-            ("scheduler", self.scheduler.stop), ("send threads", self.pump.stop if self.pump else None),
-            ("finals", self.finals.stop), ("metrics", self.observer.close)]))
+        def say(line):  # straight to the server's stderr: a stage that hangs may hold the stub's messages too
+            print(f"generate: {line}", file=sys.stderr, flush=True)
+
+        say(stop_in_turn([("scheduler", self.scheduler.stop), ("send threads", self.pump.stop if self.pump else None),
+                          ("finals", self.finals.stop), ("metrics", self.observer.close)], say=say))
