@@ -79,21 +79,69 @@ def test_a_weight_of_another_layout_is_refused_with_its_shape_and_strides():
 
 @pytest.mark.parametrize("on", [True, False], ids=["kernel", "multiply-and-reduce"])
 def test_the_batch_1_mlp_takes_the_kernels_only_when_they_are_on(monkeypatch, on):
-    """out_mlp with single-token projections (the batch-1 decode step) calls the kernels, both of them, once per
-    call; with MLP_KERNEL off, or for a step of several tokens, it does not. Same result either way."""
+    """out_mlp with ``mlp_kernel`` (the batch-1 decode step's) calls the kernels, both of them, once per call;
+    without it, or for a step of several tokens, it does not. Same result either way."""
     calls = []
     real = mlp.gemv
     monkeypatch.setattr(mlp, "gemv", lambda x, w, gated: calls.append(gated) or real(x, w, gated))
-    monkeypatch.setattr(forward, "MLP_KERNEL", on)
     g = torch.Generator().manual_seed(0)
     hidden, inter = 32, 48
     weights = [torch.randn(*s, generator=g).to(DEVICE) * 0.2 for s in
                [(hidden, 2 * 16), (hidden,), (hidden,), (2 * inter, hidden), (hidden, inter), (hidden,)]]
     attn = torch.randn(1, 2, 1, 16, generator=g).to(DEVICE)
     residual = torch.randn(1, 1, hidden, generator=g).to(DEVICE)
-    got = forward.out_mlp(attn, residual, *weights, 1e-6, gemv=True)
+    got = forward.out_mlp(attn, residual, *weights, 1e-6, gemv=True, mlp_kernel=on)
     assert calls == ([True, False] if on else [])
     torch.testing.assert_close(got, forward.out_mlp(attn, residual, *weights, 1e-6), atol=1e-5, rtol=1e-5)
     calls.clear()
-    forward.out_mlp(attn.expand(1, 2, 3, 16), residual.expand(1, 3, hidden), *weights, 1e-6, gemv=False)
+    forward.out_mlp(attn.expand(1, 2, 3, 16), residual.expand(1, 3, hidden), *weights, 1e-6)
     assert calls == []
+
+
+@pytest.mark.parametrize("flag", [None, True, False], ids=["unchecked", "kept", "refused"])
+def test_a_batch_1_decode_step_uses_the_kernels_as_its_build_decided(monkeypatch, flag):
+    """The engine's mlp_kernel (from the build's check, via the manifest): kept or not checked (MLP_KERNEL, on)
+    runs the kernels in every layer of a batch-1 decode step; refused runs none. Batch 2 never does."""
+    from llmprofiles import models
+    from llmprofiles.generation.engine import GenerationEngine
+    from llmprofiles.profiles.generation import GenerationSpec
+
+    hf = models.load_model("tiny", torch.float32)
+    shape = forward.ModelShape.from_config(hf.config.to_dict())
+    spec = GenerationSpec(slots=2, max_context=64, decode_buckets=(1, 2), prefill_buckets=(16,))
+    weights = forward.fuse_weights(shape, {k: v.clone().to(DEVICE) for k, v in hf.state_dict().items()})
+    e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=False, decode_kernel=True,
+                         mlp_kernel=flag)
+    e.forward.whole_decode = True
+    calls = []
+    real = mlp.mlp_op
+    monkeypatch.setattr(mlp, "mlp_op", lambda *a: calls.append(1) or real(*a))
+    e.prefill(0, [4, 5, 6], 0)
+    e.decode([0], [7], [3])
+    assert len(calls) == (0 if flag is False else shape.num_layers)
+    calls.clear()
+    e.decode([0, 1], [7, 8], [4, 0])
+    assert calls == []
+
+
+def test_the_builds_check_keeps_matching_kernels_and_refuses_wrong_or_failing_ones(monkeypatch):
+    from llmprofiles import models
+    from llmprofiles.generation.engine import check_mlp_kernel
+
+    hf = models.load_model("tiny", torch.float32).to(DEVICE)
+    kept = check_mlp_kernel(hf, DEVICE, tokens=1)
+    assert kept["use"] == "kernel" and kept["max_rel_diff"] <= 1e-4
+    real = mlp.mlp_op
+    monkeypatch.setattr(mlp, "mlp_op", lambda h, gu, d: real(h, gu, d) * 1.01)
+    wrong = check_mlp_kernel(hf, DEVICE, tokens=1)
+    assert wrong["use"] == "pytorch" and "outputs differ by" in wrong["reason"]
+    assert 0.009 < wrong["max_rel_diff"] < 0.011
+
+    def broken(*a):
+        raise RuntimeError("no kernel image for this GPU")
+
+    monkeypatch.setattr(mlp, "mlp_op", broken)
+    failed = check_mlp_kernel(hf, DEVICE, tokens=1)
+    assert failed == {"use": "pytorch", "reason": "the kernels failed: RuntimeError: no kernel image for this GPU"}
+    monkeypatch.setattr(mlp, "available", lambda device: False)
+    assert check_mlp_kernel(hf, DEVICE)["reason"].startswith("the kernels cannot run on")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from llmprofiles.generation import mlp
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
@@ -101,7 +102,8 @@ class GenerationEngine:
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], spec: GenerationSpec,
                  device: torch.device, cuda_graphs: bool | None = None, compile: bool | None = None,
-                 decode_kernel: bool | None = None, pdl: bool = False, fresh_prefill: bool = False):
+                 decode_kernel: bool | None = None, pdl: bool = False, fresh_prefill: bool = False,
+                 mlp_kernel: bool | None = None):
         self.shape, self.spec, self.device = shape, spec, torch.device(device)
         self.profiles = spec.profiles()
         self.vocab_size = shape.vocab_size
@@ -110,7 +112,8 @@ class GenerationEngine:
         k_pool, v_pool = allocate_pool(shape.num_layers, spec.slots, spec.max_context, shape.num_kv_heads,
                                        shape.head_dim, self.dtype, self.device)
         self.forward = KVForward(shape, weights, k_pool, v_pool, compile=on_cuda if compile is None else compile,
-                                 decode_kernel=decode_kernel, pdl=pdl, fresh_prefill=fresh_prefill)
+                                 decode_kernel=decode_kernel, pdl=pdl, fresh_prefill=fresh_prefill,
+                                 mlp_kernel=mlp_kernel)
         self.pool = SlotPool(spec.slots)
         self.kv_bytes = kv_pool_bytes(shape, spec.slots, spec.max_context, self.dtype)
         self.step_shapes = [r.max for r in (self.profiles.ranges(i)["input_ids"] for i in range(len(self.profiles)))]
@@ -424,6 +427,43 @@ def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 
     return {"use": "kernel", "max_abs_diff": worst}
 
 
+def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4) -> dict:
+    """Whether the batch-1 MLP kernels run here and match the PyTorch MLP, for the build's manifest.
+
+    Every layer's MLP weights in the model's dtype on ``device``, each fed ``tokens`` random inputs of the
+    hidden size, through :func:`llmprofiles.generation.mlp.mlp_op` (its kernels, autotuned at the first call)
+    and through ``F.linear``. The kernels are kept when every output agrees within the dtype's rounding, with the
+    largest difference relative to the output's scale; else the reason they were refused, and the batch-1 step
+    keeps inductor's form.
+    """
+    if not mlp.available(device):
+        return {"use": "pytorch", "reason": f"the kernels cannot run on {device} (they need Triton and CUDA)"}
+    shape = ModelShape.from_config(hf.config.to_dict())
+    weights = fuse_weights(shape, {k: v.detach() for k, v in hf.state_dict().items()})
+    worst = 0.0
+    try:
+        g = torch.Generator().manual_seed(0)
+        for i in range(shape.num_layers):
+            gate_up, down = (weights[f"{i}.{n}"].to(device) for n in ("gate_up", "down"))
+            for _ in range(tokens):
+                h = torch.randn(1, 1, shape.hidden_size, generator=g).to(device, gate_up.dtype)
+                got = mlp.mlp_op(h, gate_up, down).float()
+                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+                want = F.linear(F.gelu(gate, approximate="tanh") * up, down).float()
+                worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item())
+    except Exception as e:  # noqa: BLE001 - any failure means the kernels are not used; the manifest says why
+        return {"use": "pytorch", "reason": f"the kernels failed: {type(e).__name__}: {str(e)[:300]}"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    # Relative to the output's largest value: fp16 rounds at 1e-3 of it, and the two sum in different orders.
+    limit = 1e-4 if weights["embed"].dtype == torch.float32 else 2e-2
+    if not worst <= limit:
+        return {"use": "pytorch", "reason": f"outputs differ by {worst:.4g} of their scale from the PyTorch MLP "
+                                            f"(limit {limit:g})", "max_rel_diff": worst}
+    return {"use": "kernel", "max_rel_diff": worst, "block_sizes": mlp.chosen()}
+
+
 def load_generation_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> GenerationEngine:
     """The engine built into ``version_dir`` (weights, config and generation spec from its manifest)."""
     from safetensors.torch import load_file
@@ -445,8 +485,11 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     weights = fuse_weights(shape, {k: v.to(dtype) for k, v in load_file(str(version_dir / WEIGHTS)).items()})
     # The build checked the decode attention kernel on its GPU: kept, refused (the matmuls serve), or not checked.
     checked = manifest.get("decode_attention", {}).get("use") if device.type == "cuda" else None
+    # And the batch-1 MLP kernels: kept, refused (inductor's form serves), or not checked (the default, MLP_KERNEL).
+    mlp_checked = manifest.get("mlp_kernel", {}).get("use") if device.type == "cuda" else None
     engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device,
                               decode_kernel=None if checked is None else checked == "kernel",
+                              mlp_kernel=None if mlp_checked is None else mlp_checked == "kernel",
                               pdl=device.type == "cuda" and manifest.get("decode_pdl", False),
                               fresh_prefill=device.type == "cuda" and manifest.get("fresh_prefill", False))
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",

@@ -45,7 +45,9 @@ PDL_OPTIONS: dict = {"triton.enable_pdl": True}
 # build's warm-up took 70 s or more longer, and its server's start-up about 30 s more (H200, session 15).
 ANY_BATCH_FRESH = True
 # The batch-1 step's MLP as two matrix-vector kernels (llmprofiles.generation.mlp), where they can run: inductor's
-# multiply-and-reduce form recomputed the whole activation in every program of the down projection.
+# multiply-and-reduce form recomputed the whole activation in every program of the down projection. The default of
+# an engine whose build did not check them (KVForward's mlp_kernel None); a CUDA build checks them against PyTorch
+# (engine.check_mlp_kernel) and its manifest says whether they serve.
 MLP_KERNEL = True
 
 
@@ -183,13 +185,14 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
 
 def out_mlp(attn: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_attn_w: torch.Tensor,
             pre_ff_w: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor, post_ff_w: torch.Tensor,
-            eps: float, gemv: bool = False) -> torch.Tensor:
-    """A layer after attention (``attn`` ``[B, H, S, D]``): output projection, norms, MLP."""
+            eps: float, gemv: bool = False, mlp_kernel: bool = False) -> torch.Tensor:
+    """A layer after attention (``attn`` ``[B, H, S, D]``): output projection, norms, MLP. With ``mlp_kernel`` (a
+    single token), the MLP runs as :func:`llmprofiles.generation.mlp.mlp_op` where its kernels can run."""
     B, H, S, D = attn.shape
     x = linear(attn.transpose(1, 2).reshape(B, S, H * D), o_w, gemv)
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
-    if gemv and MLP_KERNEL and mlp.available(h.device):
+    if mlp_kernel and mlp.available(h.device):
         h = mlp.mlp_op(h, gate_up_w, down_w)
     else:
         gate, up = linear(h, gate_up_w, gemv).chunk(2, dim=-1)
@@ -233,7 +236,7 @@ class KVForward(torch.nn.Module):
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], k_pool: torch.Tensor, v_pool: torch.Tensor,
                  compile: bool = False, decode_kernel: bool | None = None, whole_decode: bool | None = None,
-                 pdl: bool = False, fresh_prefill: bool = False):
+                 pdl: bool = False, fresh_prefill: bool = False, mlp_kernel: bool | None = None):
         super().__init__()
         self.shape = shape
         self.w = weights
@@ -256,6 +259,7 @@ class KVForward(torch.nn.Module):
         # A kernel decode step compiled whole (see decode_step); else layer by layer.
         self.whole_decode = compile if whole_decode is None else whole_decode
         self.compiled = compile
+        self.mlp_kernel = mlp_kernel  # the batch-1 step's MLP kernels: None follows MLP_KERNEL when it is compiled
         # A prompt's first chunk attends only to itself (see fresh_prefill), compiled whole with dynamic shapes.
         self.fresh = fresh_prefill
         self.any_batch_fresh = ANY_BATCH_FRESH
@@ -294,6 +298,7 @@ class KVForward(torch.nn.Module):
         each row's own context.
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
+        mlp_kernel = gemv and (MLP_KERNEL if self.mlp_kernel is None else self.mlp_kernel)
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
         pos, write_slot, write_at = positions[:, 0], write_slots[:, 0], write_pos[:, 0]
         for i, (cos, sin) in enumerate(self.rotaries(positions, x.dtype)):
@@ -301,7 +306,7 @@ class KVForward(torch.nn.Module):
                                cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv)
             attn = attention.decode_attention_op(q, k, v, self.k_pool, self.v_pool, i, slots, pos, write_slot,
                                                  write_at, self.scale, s.sliding_window if s.layer_sliding[i] else 0)
-            x = out_mlp(attn, x, *self.after_attention(i), eps, gemv)
+            x = out_mlp(attn, x, *self.after_attention(i), eps, gemv, mlp_kernel)
         return self.logits(x[:, 0])
 
     def fresh_prefill(self, tokens: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,
