@@ -145,3 +145,56 @@ def test_the_builds_check_keeps_matching_kernels_and_refuses_wrong_or_failing_on
     assert failed == {"use": "pytorch", "reason": "the kernels failed: RuntimeError: no kernel image for this GPU"}
     monkeypatch.setattr(mlp, "available", lambda device: False)
     assert check_mlp_kernel(hf, DEVICE)["reason"].startswith("the kernels cannot run on")
+
+
+def test_pinned_block_sizes_run_instead_of_the_autotuner_and_are_what_chosen_reports(monkeypatch):
+    """The server pins the block sizes its build autotuned (manifest -> pin): gemv then launches them for that
+    weight shape, never the autotuner, and chosen() (what a build records) reports them."""
+    monkeypatch.setattr(mlp, "PINNED", {})
+    monkeypatch.setattr(mlp, "FIXED", None)
+
+    class NoAutotuning:
+        cache: dict = {}
+
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner ran for a pinned shape")
+
+    monkeypatch.setattr(mlp, "_gemv_tuned", NoAutotuning())
+    hidden, inter = 40, 72
+    mlp.pin([{"n": inter, "k": hidden, "gated": True, "block_n": 2, "block_k": 32, "warps": 4},
+             {"n": hidden, "k": inter, "gated": False, "block_n": 8, "block_k": 16, "warps": 4}])
+    assert mlp.chosen() == [{"n": 40, "k": 72, "gated": False, "block_n": 8, "block_k": 16, "warps": 4},
+                            {"n": 72, "k": 40, "gated": True, "block_n": 2, "block_k": 32, "warps": 4}]
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(1, 1, hidden, generator=g).to(DEVICE)
+    gate_up = (torch.randn(2 * inter, hidden, generator=g) * 0.1).to(DEVICE)
+    down = (torch.randn(hidden, inter, generator=g) * 0.1).to(DEVICE)
+    torch.testing.assert_close(mlp.mlp_op(h, gate_up, down), reference(h, gate_up, down), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("entry,why", [({"n": 8, "k": 8, "gated": True}, "is not"),
+                                       ({"n": 8, "k": 8, "gated": True, "block_n": 3, "block_k": 8, "warps": 4},
+                                        "power-of-two"),
+                                       ({"n": 0, "k": 8, "gated": True, "block_n": 2, "block_k": 8, "warps": 4},
+                                        "positive")])
+def test_a_malformed_pin_is_refused_naming_the_entry(monkeypatch, entry, why):
+    monkeypatch.setattr(mlp, "PINNED", {})
+    with pytest.raises(ValueError, match=f"block sizes: .*'n': {entry['n']}.*{why}"):
+        mlp.pin([entry])
+    assert mlp.PINNED == {}
+
+
+def test_the_server_serves_the_kernels_as_the_build_decided_and_pins_their_block_sizes(monkeypatch, caplog):
+    from llmprofiles.generation.engine import served_mlp_kernel
+
+    monkeypatch.setattr(mlp, "PINNED", {})
+    cuda = torch.device("cuda")
+    sizes = [{"n": 6912, "k": 1152, "gated": True, "block_n": 8, "block_k": 256, "warps": 4}]
+    assert served_mlp_kernel({"mlp_kernel": {"use": "kernel", "block_sizes": sizes}}, cuda) is True
+    assert mlp.PINNED == {(6912, 1152, True): (8, 256, 4)}
+    assert served_mlp_kernel({"mlp_kernel": {"use": "pytorch", "reason": "x"}}, cuda) is False
+    assert served_mlp_kernel({}, cuda) is None  # an older build, not checked: the default
+    assert served_mlp_kernel({"mlp_kernel": {"use": "kernel"}}, torch.device("cpu")) is None
+    bad = [{"n": 6912, "k": 1152, "gated": True, "block_n": 6, "block_k": 256, "warps": 4}]
+    assert served_mlp_kernel({"mlp_kernel": {"use": "kernel", "block_sizes": bad}}, cuda) is True  # autotunes
+    assert "the MLP kernels autotune at the warm-up instead" in caplog.text

@@ -360,7 +360,7 @@ class GenerationEngine:
         self.compile_s = compile_seconds()
         log.info("compile seconds in this process, by stage: %s", self.compile_s)
         if mlp.chosen():
-            log.info("the batch-1 MLP kernels' block sizes (autotuned): %s", mlp.chosen())
+            log.info("the batch-1 MLP kernels' block sizes (pinned by the build, or autotuned): %s", mlp.chosen())
         return times
 
 
@@ -464,6 +464,20 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
     return {"use": "kernel", "max_rel_diff": worst, "block_sizes": mlp.chosen()}
 
 
+def served_mlp_kernel(manifest: dict, device: torch.device) -> bool | None:
+    """Whether the batch-1 MLP kernels serve, as the build's check decided (``mlp_kernel`` in its manifest): kept
+    (True, and their block sizes pinned: the kernels the build measured, no autotuning at start-up), refused
+    (False: inductor's form), or not checked (None: the default, forward.MLP_KERNEL). Off CUDA, not checked."""
+    checked = manifest.get("mlp_kernel", {}) if device.type == "cuda" else {}
+    if checked.get("use") != "kernel":
+        return None if not checked else False
+    try:
+        mlp.pin(checked.get("block_sizes", []))
+    except ValueError as e:  # a tuning record is not worth refusing to serve: the kernels autotune again
+        log.warning("%s in the manifest: the MLP kernels autotune at the warm-up instead", e)
+    return True
+
+
 def load_generation_engine(version_dir: str | Path, device: str | torch.device = "cpu") -> GenerationEngine:
     """The engine built into ``version_dir`` (weights, config and generation spec from its manifest)."""
     from safetensors.torch import load_file
@@ -485,11 +499,9 @@ def load_generation_engine(version_dir: str | Path, device: str | torch.device =
     weights = fuse_weights(shape, {k: v.to(dtype) for k, v in load_file(str(version_dir / WEIGHTS)).items()})
     # The build checked the decode attention kernel on its GPU: kept, refused (the matmuls serve), or not checked.
     checked = manifest.get("decode_attention", {}).get("use") if device.type == "cuda" else None
-    # And the batch-1 MLP kernels: kept, refused (inductor's form serves), or not checked (the default, MLP_KERNEL).
-    mlp_checked = manifest.get("mlp_kernel", {}).get("use") if device.type == "cuda" else None
     engine = GenerationEngine(shape, weights_to_device(weights, device), spec, device,
                               decode_kernel=None if checked is None else checked == "kernel",
-                              mlp_kernel=None if mlp_checked is None else mlp_checked == "kernel",
+                              mlp_kernel=served_mlp_kernel(manifest, device),
                               pdl=device.type == "cuda" and manifest.get("decode_pdl", False),
                               fresh_prefill=device.type == "cuda" and manifest.get("fresh_prefill", False))
     log.info("generate engine: %d profiles %s, %d slots x %d context, KV pool %.1f MiB on %s",

@@ -15,7 +15,8 @@ batch-1 step's graph replayed in 1.24-1.26 ms against 1.41-1.55 ms, side by side
 - a second kernel, the same code without the activation, multiplies the activation by ``down``.
 
 Each kernel's block sizes are chosen by Triton's autotuner on its first call (the warm-up, before any
-graph is captured), per weight shape. Off CUDA, or without Triton, the same arithmetic runs in PyTorch.
+graph is captured), per weight shape. A CUDA build records them in its manifest, and the server pins them
+(:func:`pin`): it runs the kernels the build measured, without autotuning again. Off CUDA, or without Triton, the same arithmetic runs in PyTorch.
 With ``TRITON_INTERPRET=1`` set when this module is imported, the kernels run on the CPU in Triton's
 interpreter, at one fixed block size (:data:`FIXED`; the tests do, where Triton is installed).
 """
@@ -39,6 +40,8 @@ CONFIGS = ([(n, k, w) for n in (4, 8, 16) for k in (128, 256, 512) for w in (4, 
 # One block size for every shape instead of the autotuner's choice: always in Triton's interpreter (the CPU tests);
 # the GPU tests set it for their small odd shapes, whose autotuning (a compile per block size, per shape) would take minutes.
 FIXED: tuple[int, int, int] | None = (4, 64, 4) if INTERPRETED else None
+# Block sizes per weight shape (N, K, gated) from the build's manifest (pin): used instead of the autotuner.
+PINNED: dict[tuple[int, int, bool], tuple[int, int, int]] = {}
 
 
 def available(device: torch.device) -> bool:
@@ -79,19 +82,37 @@ if triton is not None:
         key=["N", "K", "GATED"])(triton.jit(_gemv))
 
 
-def chosen() -> dict[str, str]:
-    """The autotuner's choice per weight shape so far: ``"N x K gated"`` -> ``"BLOCK_N x BLOCK_K, warps"``."""
-    if triton is None or FIXED is not None:
-        return {}
-    out = {}
-    for key, config in getattr(_gemv_tuned, "cache", {}).items():  # the key: N, K, GATED, then dtypes
+def chosen() -> list[dict]:
+    """The block sizes in effect per weight shape: pinned (:func:`pin`), then the autotuner's choices so far. Each
+    ``{"n", "k", "gated", "block_n", "block_k", "warps"}``: what a build records in its manifest."""
+    out = {key: config for key, config in PINNED.items()}
+    if triton is not None and FIXED is None:
+        for key, config in getattr(_gemv_tuned, "cache", {}).items():  # the key: N, K, GATED, then dtypes
+            try:
+                n, k, gated = key[:3]
+                out.setdefault((int(n), int(k), bool(gated)),
+                               (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps))
+            except (TypeError, ValueError, KeyError, AttributeError):  # another Triton's layout: not recorded
+                continue
+    return [{"n": n, "k": k, "gated": gated, "block_n": bn, "block_k": bk, "warps": w}
+            for (n, k, gated), (bn, bk, w) in sorted(out.items())]
+
+
+def pin(entries: list[dict]) -> None:
+    """Use these block sizes (as :func:`chosen` gives them) for their weight shapes instead of autotuning: the server
+    runs the kernels the build measured, and its start-up skips the autotuner's benchmarks. Raises ValueError,
+    naming the entry, for one that is not a shape and power-of-two block sizes."""
+    pinned = {}
+    for e in entries:
         try:
-            n, k, gated = key[:3]
-            kw = config.kwargs
-            out[f"{n} x {k}{' gated' if gated else ''}"] = f"{kw['BLOCK_N']} x {kw['BLOCK_K']}, {config.num_warps} warps"
-        except (TypeError, ValueError, KeyError, AttributeError):  # another Triton's layout: name it as it is
-            out[str(key)] = str(config)
-    return out
+            key = (int(e["n"]), int(e["k"]), bool(e["gated"]))
+            config = (int(e["block_n"]), int(e["block_k"]), int(e["warps"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"MLP kernel block sizes: {e!r} is not {{n, k, gated, block_n, block_k, warps}}") from None
+        if min(*key[:2], *config) < 1 or any(v & (v - 1) for v in config):
+            raise ValueError(f"MLP kernel block sizes: {e!r} needs positive sizes and power-of-two blocks and warps")
+        pinned[key] = config
+    PINNED.update(pinned)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
@@ -103,8 +124,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
                          f"{tuple(w.shape)} with strides {w.stride()} and an input of {x.numel()}")
     x = x.reshape(k).contiguous()
     out = torch.empty(n, dtype=w.dtype, device=w.device)
-    if FIXED is not None:
-        bn, bk, warps = FIXED
+    fixed = FIXED if FIXED is not None else PINNED.get((n, k, gated))
+    if fixed is not None:
+        bn, bk, warps = fixed
         _gemv_fixed[(triton.cdiv(n, bn),)](x, w, out, n, K=k, GATED=gated, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     else:
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, w, out, n, K=k, GATED=gated)
