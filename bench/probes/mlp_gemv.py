@@ -1,0 +1,82 @@
+"""The batch-1 MLP kernels at each block size, against cuBLAS and inductor, on one GPU (gemma-3-1b's MLP by default).
+
+For each of the two kernels of ``llmprofiles.generation.mlp`` (gate/up with the activation: ``[2 x inter, hidden]``;
+down: ``[hidden, inter]``), every block size in ``mlp.CONFIGS`` is launched directly and timed alone with CUDA
+events (median of ``--iters`` after a warm-up), as microseconds and the weights' bytes per second. Beside them, in
+the same process: cuBLAS (``F.linear``) and inductor's multiply-and-reduce form compiled with coordinate descent
+(the batch-1 step's form without the kernels). Where the kernels run at 3.0 TB/s in the step (session 17), this
+shows which block size gets nearer the 4.8 TB/s of HBM, and what the autotuner picked.
+
+Run on the GPU machine; ends with one JSON line::
+
+    python3 -m bench.probes.mlp_gemv --out $OUT/mlp_gemv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmprofiles.generation import mlp
+
+
+def event_us(run, iters: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(20):
+        run()
+    times = []
+    for _ in range(iters):
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=1152)
+    p.add_argument("--inter", type=int, default=6912)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("bench/tmp/mlp_gemv.json"))
+    a = p.parse_args()
+    if not torch.cuda.is_available() or not mlp.available(torch.device("cuda")):
+        raise SystemExit("needs a CUDA GPU and Triton")
+    dev, dt = torch.device("cuda"), torch.float16
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(a.hidden, generator=g).to(dev, dt)
+    gate_up = (torch.randn(2 * a.inter, a.hidden, generator=g) * a.hidden ** -0.5).to(dev, dt)
+    down = (torch.randn(a.hidden, a.inter, generator=g) * a.inter ** -0.5).to(dev, dt)
+    act = mlp.gemv(h, gate_up, gated=True)  # autotunes both shapes once: the autotuner's choice is reported too
+    mlp.gemv(act, down, gated=False)
+    picked = mlp.chosen()
+    rows = []
+
+    def row(kernel: str, form: str, us: float, nbytes: int) -> None:
+        rows.append({"kernel": kernel, "form": form, "us": round(us, 2), "tb_s": round(nbytes / us / 1e6, 2)})
+        print(f"{kernel:8s} {form:28s} {us:8.2f} us {nbytes / us / 1e6:6.2f} TB/s", flush=True)
+
+    for kernel, x, w, gated in (("gate_up", h, gate_up, True), ("down", act, down, False)):
+        nbytes = w.numel() * w.element_size()
+        for config in mlp.CONFIGS:
+            mlp.FIXED = config
+            row(kernel, "block %d x %d, %d warps" % config, event_us(lambda: mlp.gemv(x, w, gated), a.iters), nbytes)
+        mlp.FIXED = None
+        row(kernel, "cuBLAS (F.linear)", event_us(lambda: F.linear(x, w), a.iters), nbytes)
+        reduce = torch.compile(lambda x, w: (x.reshape(1, -1) * w).sum(-1), fullgraph=True, dynamic=False,
+                               options={"coordinate_descent_tuning": True})
+        row(kernel, "inductor multiply-and-reduce", event_us(lambda: reduce(x, w), a.iters), nbytes)
+    summary = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "hidden": a.hidden,
+               "inter": a.inter, "autotuner_picked": picked, "rows": rows}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
