@@ -21,21 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.probes.step_kernels import event_ms
 from llmprofiles.generation import mlp
 
 
 def event_us(run, iters: int) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(20):
-        run()
-    times = []
-    for _ in range(iters):
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return sorted(times)[len(times) // 2]
+    return event_ms(run, iters) * 1000
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llmprofiles.generation import mlp
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
@@ -359,8 +358,8 @@ class GenerationEngine:
             log.info("profile %d %r warm in %.1f s", i, self.profiles.names[i], times[-1])
         self.compile_s = compile_seconds()
         log.info("compile seconds in this process, by stage: %s", self.compile_s)
-        if mlp.chosen():
-            log.info("the batch-1 MLP kernels' block sizes (pinned by the build, or autotuned): %s", mlp.chosen())
+        if block_sizes := mlp.chosen():
+            log.info("the batch-1 MLP kernels' block sizes (pinned by the build, or autotuned): %s", block_sizes)
         return times
 
 
@@ -447,9 +446,7 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
             gate_up, down = (weights[f"{i}.{n}"].to(device) for n in ("gate_up", "down"))
             for _ in range(tokens):
                 h = torch.randn(1, 1, shape.hidden_size, generator=g).to(device, gate_up.dtype)
-                got = mlp.mlp_op(h, gate_up, down).float()
-                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
-                want = F.linear(F.gelu(gate, approximate="tanh") * up, down).float()
+                got, want = mlp.mlp_op(h, gate_up, down).float(), mlp.torch_mlp(h, gate_up, down).float()
                 worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item())
     except Exception as e:  # noqa: BLE001 - any failure means the kernels are not used; the manifest says why
         return {"use": "pytorch", "reason": f"the kernels failed: {type(e).__name__}: {str(e)[:300]}"}

@@ -133,13 +133,18 @@ def gemv(x: torch.Tensor, w: torch.Tensor, gated: bool) -> torch.Tensor:
     return out
 
 
+def torch_mlp(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The same MLP in PyTorch: what the kernels replace, and what a build checks them against."""
+    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+    return F.linear(F.gelu(gate, approximate="tanh") * up, down)
+
+
 @torch.library.custom_op("llmprofiles::mlp_gemv", mutates_args=())
 def mlp_op(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """``down @ (gelu(gate) * up)`` of one token ``h`` ``[..., hidden]`` (one token in all): the two kernels above,
     as one operator that ``torch.compile`` keeps whole; off CUDA, without Triton, the same in PyTorch."""
     if not available(h.device):
-        gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
-        return F.linear(F.gelu(gate, approximate="tanh") * up, down)
+        return torch_mlp(h, gate_up, down)
     act = gemv(h, gate_up, gated=True)
     return gemv(act, down, gated=False).reshape(*h.shape[:-1], down.shape[0])
 
