@@ -21,9 +21,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(autouse=True)
-def kernels():
+def kernels(monkeypatch):
     if not mlp.available(DEVICE):
         pytest.skip(f"the MLP kernels cannot run on {DEVICE} here")
+    if mlp.FIXED is None:  # on a GPU: one block size, where the autotuner compiles 20 per shape (but see below)
+        monkeypatch.setattr(mlp, "FIXED", (4, 64, 4))
+
+
+def autotune_at_gemma_shapes(monkeypatch, gemma: bool) -> None:
+    """On a GPU, gemma-3-1b's shapes run as served: autotuned."""
+    if gemma and DEVICE.type == "cuda":
+        monkeypatch.setattr(mlp, "FIXED", None)
 
 
 def reference(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -43,8 +51,7 @@ if DEVICE.type == "cuda":
 def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype, monkeypatch):
     if (hidden, inter) == (1152, 6912) and dtype != torch.float16:
         pytest.skip("gemma-3-1b's shape is served in fp16 only (each shape and dtype autotuned is 20 compiles)")
-    if (hidden, inter) != (1152, 6912) and mlp.FIXED is None:  # on the GPU only gemma-3-1b's shape is autotuned
-        monkeypatch.setattr(mlp, "FIXED", (4, 64, 4))
+    autotune_at_gemma_shapes(monkeypatch, (hidden, inter) == (1152, 6912))
     g = torch.Generator().manual_seed(hidden + inter)
     h = torch.randn(1, 1, hidden, generator=g).to(DEVICE, dtype)
     gate_up = (torch.randn(2 * inter, hidden, generator=g) * hidden ** -0.5).to(DEVICE, dtype)
@@ -56,7 +63,24 @@ def test_the_kernels_give_the_pytorch_mlp(hidden, inter, dtype, monkeypatch):
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
 
 
-@pytest.mark.skipif(mlp.FIXED is None, reason="on a GPU each block size is a compile; the interpreter runs them all")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("n,k", [(48, 64), (37, 70)] + ([(1536, 1152), (1152, 1024)] if DEVICE.type == "cuda" else []))
+def test_the_projection_kernel_gives_f_linear(n, k, dtype, monkeypatch):
+    """mlp.linear_op, the batch-1 step's q/k/v and output projections (gemma-3-1b's shapes on a GPU, fp16 only)."""
+    if n >= 1152 and dtype != torch.float16:
+        pytest.skip("gemma-3-1b's shapes are served in fp16 only (each shape and dtype autotuned is 20 compiles)")
+    autotune_at_gemma_shapes(monkeypatch, n >= 1152)
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(1, 1, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(n, k, generator=g) * k ** -0.5).to(DEVICE, dtype)
+    got = mlp.linear_op(x, w)
+    want = F.linear(x.float(), w.float()).to(dtype)
+    assert got.shape == (1, 1, n) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="on a GPU each block size is a compile; the interpreter runs them all")
 def test_every_block_size_the_autotuner_may_choose_gives_the_same_mlp(monkeypatch):
     g = torch.Generator().manual_seed(7)
     hidden, inter = 40, 72  # neither a multiple of any block size
@@ -90,18 +114,20 @@ def test_the_batch_1_mlp_takes_the_kernels_only_when_they_are_on(monkeypatch, on
                [(hidden, 2 * 16), (hidden,), (hidden,), (2 * inter, hidden), (hidden, inter), (hidden,)]]
     attn = torch.randn(1, 2, 1, 16, generator=g).to(DEVICE)
     residual = torch.randn(1, 1, hidden, generator=g).to(DEVICE)
-    got = forward.out_mlp(attn, residual, *weights, 1e-6, gemv=True, mlp_kernel=on)
-    assert calls == ([True, False] if on else [])
+    got = forward.out_mlp(attn, residual, *weights, 1e-6, gemv=True, mlp_kernel=on, proj_kernel=on)
+    assert calls == ([False, True, False] if on else [])  # the output projection, then the MLP's two
     torch.testing.assert_close(got, forward.out_mlp(attn, residual, *weights, 1e-6), atol=1e-5, rtol=1e-5)
     calls.clear()
     forward.out_mlp(attn.expand(1, 2, 3, 16), residual.expand(1, 3, hidden), *weights, 1e-6)
     assert calls == []
 
 
+@pytest.mark.parametrize("proj", [True, False], ids=["projections", "mlp-only"])
 @pytest.mark.parametrize("flag", [None, True, False], ids=["unchecked", "kept", "refused"])
-def test_a_batch_1_decode_step_uses_the_kernels_as_its_build_decided(monkeypatch, flag):
+def test_a_batch_1_decode_step_uses_the_kernels_as_its_build_decided(monkeypatch, flag, proj):
     """The engine's mlp_kernel (from the build's check, via the manifest): kept or not checked (MLP_KERNEL, on)
-    runs the kernels in every layer of a batch-1 decode step; refused runs none. Batch 2 never does."""
+    runs the kernels in every layer of a batch-1 decode step, the MLP's and (PROJ_KERNEL) the q/k/v and output
+    projections'; refused runs none. Batch 2 never does."""
     from llmprofiles import models
     from llmprofiles.generation.engine import GenerationEngine
     from llmprofiles.profiles.generation import GenerationSpec
@@ -113,12 +139,16 @@ def test_a_batch_1_decode_step_uses_the_kernels_as_its_build_decided(monkeypatch
     e = GenerationEngine(shape, weights, spec, DEVICE, cuda_graphs=False, compile=False, decode_kernel=True,
                          mlp_kernel=flag)
     e.forward.whole_decode = True
+    monkeypatch.setattr(forward, "PROJ_KERNEL", proj)
     calls = []
-    real = mlp.mlp_op
-    monkeypatch.setattr(mlp, "mlp_op", lambda *a: calls.append(1) or real(*a))
+    real, real_linear = mlp.mlp_op, mlp.linear_op
+    monkeypatch.setattr(mlp, "mlp_op", lambda *a: calls.append("mlp") or real(*a))
+    monkeypatch.setattr(mlp, "linear_op", lambda *a: calls.append("proj") or real_linear(*a))
     e.prefill(0, [4, 5, 6], 0)
     e.decode([0], [7], [3])
-    assert len(calls) == (0 if flag is False else shape.num_layers)
+    on = flag is not False
+    assert calls.count("mlp") == (shape.num_layers if on else 0)
+    assert calls.count("proj") == (2 * shape.num_layers if on and proj else 0)
     calls.clear()
     e.decode([0, 1], [7, 8], [4, 0])
     assert calls == []
@@ -136,6 +166,12 @@ def test_the_builds_check_keeps_matching_kernels_and_refuses_wrong_or_failing_on
     wrong = check_mlp_kernel(hf, DEVICE, tokens=1)
     assert wrong["use"] == "pytorch" and "outputs differ by" in wrong["reason"]
     assert 0.009 < wrong["max_rel_diff"] < 0.011
+    monkeypatch.setattr(mlp, "mlp_op", real)
+    real_linear = mlp.linear_op
+    monkeypatch.setattr(mlp, "linear_op", lambda x, w: real_linear(x, w) * 1.02)  # a projection wrong, the MLP right
+    wrong = check_mlp_kernel(hf, DEVICE, tokens=1)
+    assert wrong["use"] == "pytorch" and 0.019 < wrong["max_rel_diff"] < 0.021
+    monkeypatch.setattr(mlp, "linear_op", real_linear)
 
     def broken(*a):
         raise RuntimeError("no kernel image for this GPU")

@@ -7,8 +7,8 @@ timed at a short and a long context (the engine call, synchronised, and the grap
 - ``matmuls``: layer by layer, attention as batched matmuls over the gathered slots (two compiles per layer);
 - ``kernel``: layer by layer, attention with the decode kernel;
 - ``whole``: the step compiled whole around the kernel (``KVForward.decode_step``), batch 1 with each of
-  the batch-1 variants below (``--b1-variants cdt+gemv,cdt+gemv+mlp,cdt+gemv,cdt+gemv+mlp``: the MLP kernels
-  against inductor's MLP, twice each, each a compile of its own), batches of 2 or more in one compile over the batch with each batch variant.
+  the batch-1 variants below (``--b1-variants cdt+gemv+mlp,cdt+gemv+mlp+proj,cdt+gemv+mlp,cdt+gemv+mlp+proj``:
+  the attention projections' kernel against inductor's reductions, twice each, each a compile of its own), batches of 2 or more in one compile over the batch with each batch variant.
 
 Every row also gives the largest difference of its logits from the first form's at the same batch and
 context (``max_abs_diff``): a variant that is fast and wrong (programmatic dependent launch reading what
@@ -34,13 +34,16 @@ from llmprofiles.generation import forward
 from llmprofiles.generation.engine import GenerationEngine
 from llmprofiles.profiles.sets import generate_spec
 
-# name: (inductor options over the defaults, projections as multiply-and-reduce, the MLP kernels (forward.MLP_KERNEL))
+# name: (inductor options over the defaults, projections as multiply-and-reduce, the MLP kernels (forward.MLP_KERNEL),
+# the attention projections' kernel with them (forward.PROJ_KERNEL))
+CDT = {"coordinate_descent_tuning": True}
 B1_VARIANTS = {
-    "cdt+gemv": ({"coordinate_descent_tuning": True}, True, False),
-    "cdt+gemv+mlp": ({"coordinate_descent_tuning": True}, True, True),
-    "gemv": ({}, True, False),
-    "cdt": ({"coordinate_descent_tuning": True}, False, False),
-    "cdt+gemv+pdl": ({"coordinate_descent_tuning": True, "triton.enable_pdl": True}, True, False),
+    "cdt+gemv": (CDT, True, False, False),
+    "cdt+gemv+mlp": (CDT, True, True, False),
+    "cdt+gemv+mlp+proj": (CDT, True, True, True),
+    "gemv": ({}, True, False, False),
+    "cdt": (CDT, False, False, False),
+    "cdt+gemv+pdl": ({**CDT, "triton.enable_pdl": True}, True, False, False),
 }
 # name: inductor options of the compile for batches of 2 or more
 BATCH_VARIANTS = {"default": {}, "pdl": {"triton.enable_pdl": True}}
@@ -103,7 +106,7 @@ def main() -> None:
         return save(a, spec, rows)
     f.whole_decode = True
     for name in filter(None, a.b1_variants.split(",")):  # a name given twice runs twice (a compile of its own)
-        options, gemv, forward.MLP_KERNEL = B1_VARIANTS[name]
+        options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL = B1_VARIANTS[name]
         forward.WHOLE_B1_GEMV = gemv
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from llmprofiles.generation import mlp
 from llmprofiles.generation.forward import KVForward, ModelShape, fuse_weights, kv_pool_bytes
@@ -431,9 +432,10 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
 
     Every layer's MLP weights in the model's dtype on ``device``, each fed ``tokens`` random inputs of the
     hidden size, through :func:`llmprofiles.generation.mlp.mlp_op` (its kernels, autotuned at the first call)
-    and through ``F.linear``. The kernels are kept when every output agrees within the dtype's rounding, with the
-    largest difference relative to the output's scale; else the reason they were refused, and the batch-1 step
-    keeps inductor's form.
+    and through ``F.linear``; the attention projections (q/k/v, output) likewise through
+    :func:`llmprofiles.generation.mlp.linear_op`, which the step runs with them (forward.PROJ_KERNEL). The kernels
+    are kept when every output agrees within the dtype's rounding, with the largest difference relative to the
+    output's scale; else the reason they were refused, and the batch-1 step keeps inductor's form.
     """
     if not mlp.available(device):
         return {"use": "pytorch", "reason": f"the kernels cannot run on {device} (they need Triton and CUDA)"}
@@ -444,10 +446,14 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
         g = torch.Generator().manual_seed(0)
         for i in range(shape.num_layers):
             gate_up, down = (weights[f"{i}.{n}"].to(device) for n in ("gate_up", "down"))
+            qkv, o = (weights[f"{i}.{n}"].to(device) for n in ("qkv", "o"))
             for _ in range(tokens):
                 h = torch.randn(1, 1, shape.hidden_size, generator=g).to(device, gate_up.dtype)
-                got, want = mlp.mlp_op(h, gate_up, down).float(), mlp.torch_mlp(h, gate_up, down).float()
-                worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item())
+                a = torch.randn(1, 1, o.shape[1], generator=g).to(device, o.dtype)
+                for got, want in ((mlp.mlp_op(h, gate_up, down), mlp.torch_mlp(h, gate_up, down)),
+                                  (mlp.linear_op(h, qkv), F.linear(h, qkv)), (mlp.linear_op(a, o), F.linear(a, o))):
+                    got, want = got.float(), want.float()
+                    worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item())
     except Exception as e:  # noqa: BLE001 - any failure means the kernels are not used; the manifest says why
         return {"use": "pytorch", "reason": f"the kernels failed: {type(e).__name__}: {str(e)[:300]}"}
     finally:
@@ -456,7 +462,7 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
     # Relative to the output's largest value: fp16 rounds at 1e-3 of it, and the two sum in different orders.
     limit = 1e-4 if weights["embed"].dtype == torch.float32 else 2e-2
     if not worst <= limit:
-        return {"use": "pytorch", "reason": f"outputs differ by {worst:.4g} of their scale from the PyTorch MLP "
+        return {"use": "pytorch", "reason": f"outputs differ by {worst:.4g} of their scale from PyTorch's "
                                             f"(limit {limit:g})", "max_rel_diff": worst}
     return {"use": "kernel", "max_rel_diff": worst, "block_sizes": mlp.chosen()}
 

@@ -49,6 +49,9 @@ ANY_BATCH_FRESH = True
 # an engine whose build did not check them (KVForward's mlp_kernel None); a CUDA build checks them against PyTorch
 # (engine.check_mlp_kernel) and its manifest says whether they serve.
 MLP_KERNEL = True
+# With the MLP kernels, the batch-1 step's attention projections (q/k/v, output) run as the same matrix-vector kernel
+# (mlp.linear_op) instead of inductor's reductions. The build's check covers them with the MLP's.
+PROJ_KERNEL = True
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, gemv: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor, gemv: bool = False, kernel: bool = False) -> torch.Tensor:
     """``x @ w.T``. With ``gemv`` (a single-token input), a multiply-and-reduce over ``w``'s rows instead, which
-    inductor emits as a reduction kernel that it tunes for the shape and fuses with the norm before it."""
+    inductor emits as a reduction kernel that it tunes for the shape and fuses with the norm before it; with
+    ``kernel`` too, :func:`llmprofiles.generation.mlp.linear_op` where its kernel can run."""
+    if gemv and kernel and mlp.available(x.device):
+        return mlp.linear_op(x, w)
     if gemv:
         return (x.reshape(1, -1) * w).sum(-1).reshape(*x.shape[:-1], w.shape[0])
     return x @ w.t()
@@ -145,11 +151,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, gemv: bool = False) -> torch.Tensor
 
 def qkv_rope(x: torch.Tensor, norm_w: torch.Tensor, qkv_w: torch.Tensor, q_norm_w: torch.Tensor,
              k_norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int,
-             head_dim: int, gemv: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             head_dim: int, gemv: bool = False, kernel: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer up to attention: norm, fused q/k/v projection, q/k norms, rotary. q ``[B, H, S, D]``; k, v ``[B, S, kvh, D]``."""
     B, S = x.shape[:2]
     h = rms_norm(x, norm_w, eps)
-    q, k, v = linear(h, qkv_w, gemv).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = linear(h, qkv_w, gemv, kernel).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = rms_norm(q.view(B, S, heads, head_dim), q_norm_w, eps)
     k = rms_norm(k.view(B, S, kv_heads, head_dim), k_norm_w, eps)
     q = q * cos + rotate_half(q) * sin
@@ -185,11 +191,12 @@ def attend_out_mlp(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, 
 
 def out_mlp(attn: torch.Tensor, residual: torch.Tensor, o_w: torch.Tensor, post_attn_w: torch.Tensor,
             pre_ff_w: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor, post_ff_w: torch.Tensor,
-            eps: float, gemv: bool = False, mlp_kernel: bool = False) -> torch.Tensor:
+            eps: float, gemv: bool = False, mlp_kernel: bool = False, proj_kernel: bool = False) -> torch.Tensor:
     """A layer after attention (``attn`` ``[B, H, S, D]``): output projection, norms, MLP. With ``mlp_kernel`` (a
-    single token), the MLP runs as :func:`llmprofiles.generation.mlp.mlp_op` where its kernels can run."""
+    single token), the MLP runs as :func:`llmprofiles.generation.mlp.mlp_op` where its kernels can run; with
+    ``proj_kernel``, the output projection as :func:`llmprofiles.generation.mlp.linear_op`."""
     B, H, S, D = attn.shape
-    x = linear(attn.transpose(1, 2).reshape(B, S, H * D), o_w, gemv)
+    x = linear(attn.transpose(1, 2).reshape(B, S, H * D), o_w, gemv, proj_kernel)
     x = residual + rms_norm(x, post_attn_w, eps)
     h = rms_norm(x, pre_ff_w, eps)
     if mlp_kernel and mlp.available(h.device):
@@ -299,14 +306,15 @@ class KVForward(torch.nn.Module):
         """
         s, w, eps = self.shape, self.w, self.shape.rms_norm_eps
         mlp_kernel = gemv and (MLP_KERNEL if self.mlp_kernel is None else self.mlp_kernel)
+        proj_kernel = mlp_kernel and PROJ_KERNEL
         x = F.embedding(tokens, w["embed"]) * self.embed_scale
         pos, write_slot, write_at = positions[:, 0], write_slots[:, 0], write_pos[:, 0]
         for i, (cos, sin) in enumerate(self.rotaries(positions, x.dtype)):
             q, k, v = qkv_rope(x, w[f"{i}.input_layernorm"], w[f"{i}.qkv"], w[f"{i}.q_norm"], w[f"{i}.k_norm"],
-                               cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv)
+                               cos, sin, eps, s.num_heads, s.num_kv_heads, s.head_dim, gemv, proj_kernel)
             attn = attention.decode_attention_op(q, k, v, self.k_pool, self.v_pool, i, slots, pos, write_slot,
                                                  write_at, self.scale, s.sliding_window if s.layer_sliding[i] else 0)
-            x = out_mlp(attn, x, *self.after_attention(i), eps, gemv, mlp_kernel)
+            x = out_mlp(attn, x, *self.after_attention(i), eps, gemv, mlp_kernel, proj_kernel)
         return self.logits(x[:, 0])
 
     def fresh_prefill(self, tokens: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,

@@ -152,3 +152,19 @@ def mlp_op(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.
 @mlp_op.register_fake
 def _(h, gate_up, down):
     return h.new_empty(*h.shape[:-1], down.shape[0])
+
+
+@torch.library.custom_op("llmprofiles::linear_gemv", mutates_args=())
+def linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` of one token ``x`` ``[..., K]`` (one token in all): the kernel above without the activation, for
+    the batch-1 step's attention projections (q/k/v, output). Inductor's reduction for q/k/v (1536 x 1152) took
+    3.9 us a layer, 0.9 TB/s, and for the output projection 2.4 us (H200, step_kernels_mlp.json, session 17). Off
+    CUDA, without Triton, ``F.linear``."""
+    if not available(x.device):
+        return F.linear(x, w)
+    return gemv(x, w, gated=False).reshape(*x.shape[:-1], w.shape[0])
+
+
+@linear_op.register_fake
+def _(x, w):
+    return x.new_empty(*x.shape[:-1], w.shape[0])
