@@ -35,15 +35,18 @@ from llmprofiles.generation.engine import GenerationEngine
 from llmprofiles.profiles.sets import generate_spec
 
 # name: (inductor options over the defaults, projections as multiply-and-reduce, the MLP kernels (forward.MLP_KERNEL),
-# the attention projections' kernel with them (forward.PROJ_KERNEL))
+# the attention projections' kernel with them (forward.PROJ_KERNEL), forward.PERSISTENT_ROWS)
 CDT = {"coordinate_descent_tuning": True}
 B1_VARIANTS = {
-    "cdt+gemv": (CDT, True, False, False),
-    "cdt+gemv+mlp": (CDT, True, True, False),
-    "cdt+gemv+mlp+proj": (CDT, True, True, True),
-    "gemv": ({}, True, False, False),
-    "cdt": (CDT, False, False, False),
-    "cdt+gemv+pdl": ({**CDT, "triton.enable_pdl": True}, True, False, False),
+    "cdt+gemv": (CDT, True, False, False, 0),
+    "cdt+gemv+mlp": (CDT, True, True, False, 0),
+    "cdt+gemv+mlp+proj": (CDT, True, True, True, 0),
+    "cdt+gemv+mlp+proj+rows": (CDT, True, True, True, 4096),
+    # Inductor's own answer: persistent and looped forms of each reduction, the faster chosen at the first call.
+    "cdt+gemv+mlp+proj+mk": ({**CDT, "triton.multi_kernel": 1}, True, True, True, 0),
+    "gemv": ({}, True, False, False, 0),
+    "cdt": (CDT, False, False, False, 0),
+    "cdt+gemv+pdl": ({**CDT, "triton.enable_pdl": True}, True, False, False, 0),
 }
 # name: inductor options of the compile for batches of 2 or more
 BATCH_VARIANTS = {"default": {}, "pdl": {"triton.enable_pdl": True}}
@@ -106,8 +109,9 @@ def main() -> None:
         return save(a, spec, rows)
     f.whole_decode = True
     for name in filter(None, a.b1_variants.split(",")):  # a name given twice runs twice (a compile of its own)
-        options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL = B1_VARIANTS[name]
+        options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL, forward.PERSISTENT_ROWS = B1_VARIANTS[name]
         forward.WHOLE_B1_GEMV = gemv
+        options = {**options, **{k: v for k, v in forward.b1_options().items() if k not in forward.WHOLE_B1_OPTIONS}}
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()
         run(f"whole {name}", [1])

@@ -15,6 +15,7 @@ fused matrix each; the unfused tensors are dropped, so the weights exist once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -52,6 +53,60 @@ MLP_KERNEL = True
 # With the MLP kernels, the batch-1 step's attention projections (q/k/v, output) run as the same matrix-vector kernel
 # (mlp.linear_op) instead of inductor's reductions. The build's check covers them with the MLP's.
 PROJ_KERNEL = True
+# The batch-1 step's norms reduce one row of the hidden size (1,152 for gemma-3-1b). Inductor keeps a reduction's row
+# in registers ("persistent") up to 1,024 values; past that it loops over the row once per reduction it fused, each
+# pass reading it back. The kernel that ends a layer (post-feedforward norm, residual, the next layer's input norm)
+# took 4.6 us a layer that way, 114.8 us of the step (H200, session 18). With PERSISTENT_ROWS, the batch-1 step's
+# compile keeps single-row reductions of up to that many values persistent (0: inductor's rule).
+PERSISTENT_ROWS = 0
+
+
+def _persistent_rows_choices():
+    """Inductor's heuristics, but a reduction of one row of at most PERSISTENT_ROWS values persistent."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    class PersistentRows(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            sizes = V.graph.sizevars
+            if (not cooperative_reduction and sizes.statically_known_equals(features.numel, 1)
+                    and sizes.statically_known_leq(features.reduction_numel, PERSISTENT_ROWS)):
+                return True
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+    return PersistentRows()
+
+
+@contextlib.contextmanager
+def persistent_rows():
+    """Inside, inductor's compiles follow PERSISTENT_ROWS (nothing changes when it is 0)."""
+    if not PERSISTENT_ROWS:
+        yield
+        return
+    from torch._inductor.virtualized import V
+
+    with V.set_choices_handler(_persistent_rows_choices()):
+        yield
+
+
+def b1_options(pdl: bool = False) -> dict:
+    """Inductor options of the batch-1 step's compile: WHOLE_B1_OPTIONS, PDL_OPTIONS with ``pdl``, and with
+    PERSISTENT_ROWS a graph pass that changes nothing but the compile cache's key (the choice is not in inductor's
+    config, and a cached compile made without it must not serve a compile with it, nor the other way)."""
+    options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
+    if PERSISTENT_ROWS:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+
+        class CacheKey(CustomGraphPass):
+            def __call__(self, graph) -> None:
+                pass
+
+            def uuid(self) -> str:
+                return f"llmprofiles-persistent-rows-{PERSISTENT_ROWS}"
+
+        options["post_grad_custom_post_pass"] = CacheKey()
+    return options
 
 
 @dataclass(frozen=True)
@@ -272,8 +327,7 @@ class KVForward(torch.nn.Module):
         self.any_batch_fresh = ANY_BATCH_FRESH
         self.decode_b1, self.decode_batch, self.prefill_fresh = self._decode_b1, self._decode_batch, self.fresh_prefill
         if compile:
-            options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
-            self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=options)
+            self.decode_b1 = torch.compile(self._decode_b1, fullgraph=True, dynamic=False, options=b1_options(pdl))
             self.decode_batch = torch.compile(self._decode_batch, fullgraph=True)
             self.prefill_fresh = compile_dynamic(self.fresh_prefill)
 
@@ -392,7 +446,8 @@ class KVForward(torch.nn.Module):
         kernel = self.decode_kernel and S == 1
         if kernel and self.whole_decode:
             if B == 1:
-                return self.decode_b1(tokens, positions, slots, write_slots, write_pos)
+                with persistent_rows():  # its compile, at the first call
+                    return self.decode_b1(tokens, positions, slots, write_slots, write_pos)
             if self.compiled:  # one compile for every batch of 2 or more
                 for t in (tokens, positions, slots, write_slots, write_pos):
                     torch._dynamo.mark_dynamic(t, 0, min=2, max=self.k_pool.shape[1])
