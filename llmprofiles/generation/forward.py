@@ -57,8 +57,10 @@ PROJ_KERNEL = True
 # in registers ("persistent") up to 1,024 values; past that it loops over the row once per reduction it fused, each
 # pass reading it back. The kernel that ends a layer (post-feedforward norm, residual, the next layer's input norm)
 # took 4.6 us a layer that way, 114.8 us of the step (H200, session 18). With PERSISTENT_ROWS, the batch-1 step's
-# compile keeps single-row reductions of up to that many values persistent (0: inductor's rule).
-PERSISTENT_ROWS = 0
+# compile keeps single-row reductions of up to that many values persistent (0: inductor's rule): that kernel then took
+# 2.0 us, and the step's graph replayed in 1.118 / 1.104 ms against 1.172 / 1.135 ms, side by side in one process
+# (bench/results/2026-12-01-session18-kernels/).
+PERSISTENT_ROWS = 4096
 
 
 def _persistent_rows_choices():
