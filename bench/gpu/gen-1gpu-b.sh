@@ -1,9 +1,10 @@
 # On one GPU (nvidia-h200; about 9 min, CALL_S=560): build 2, a fresh generate build from a copy of the tree (.w2,
-# its own inductor cache), and its engine phase into bench/tmp/generate-state-b2.json (`--other-build` when writing
-# the report); then the kernels' and generate's GPU tests.
+# its own inductor cache; without bench/tmp, where build 1's state is), and its engine phase into
+# bench/tmp/generate-state-b2.json (`--other-build` when writing the report); then generate's and the kernels' GPU
+# tests.
 source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
-rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./model_repository/generate/1 --exclude="./$CARRY" -cf - . | tar -xf - -C .w2
+rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./bench/tmp --exclude=./model_repository/generate/1 --exclude="./$CARRY" -cf - . | tar -xf - -C .w2
 (cd .w2 && export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
  tmo 360 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build2.log" 2>&1; el generate build 2 rc=$?
  tmo 120 make bench-generate PY=python3 BENCH_ARGS="--phase engine --state $GEN_STATE" > "$LOG/gen_engine2.log" 2>&1; el generate engine phase 2 rc=$?

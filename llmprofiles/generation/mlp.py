@@ -1,4 +1,5 @@
-"""The batch-1 MLP as two matrix-vector kernels: gate and up with the activation, then down.
+"""The batch-1 MLP as two matrix-vector kernels: gate and up with the activation, then down; the attention
+projections as the second of them.
 
 At batch 1 every projection is a matrix-vector product, bound by reading its weights. Written as
 multiply-and-reduce (:func:`llmprofiles.generation.forward.linear`), inductor fuses each one with the
@@ -14,9 +15,14 @@ batch-1 step's graph replayed in 1.24-1.26 ms against 1.41-1.55 ms, side by side
   dtype where the unfused step rounds (after each projection, after the activation);
 - a second kernel, the same code without the activation, multiplies the activation by ``down``.
 
+The same kernel without the activation (:func:`linear_op`) runs the step's attention projections too (q/k/v,
+output): inductor's reductions took 3.9 and 2.4 us a layer there, and with it the step replayed in
+1.163-1.175 ms against 1.210-1.239 ms, side by side in one process (bench/results/2026-12-01-session18-kernels/).
+
 Each kernel's block sizes are chosen by Triton's autotuner on its first call (the warm-up, before any
 graph is captured), per weight shape. A CUDA build records them in its manifest, and the server pins them
-(:func:`pin`): it runs the kernels the build measured, without autotuning again. Off CUDA, or without Triton, the same arithmetic runs in PyTorch.
+(:func:`pin`): it runs the kernels the build measured, without autotuning again. Off CUDA, or without Triton,
+the same arithmetic runs in PyTorch.
 With ``TRITON_INTERPRET=1`` set when this module is imported, the kernels run on the CPU in Triton's
 interpreter, at one fixed block size (:data:`FIXED`; the tests do, where Triton is installed).
 """
