@@ -1088,6 +1088,8 @@ def test_the_batch_1_norms_are_persistent_reductions_up_to_persistent_rows(rows,
     with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator())):
         with forward.persistent_rows():
             assert V.choices.should_use_persistent_reduction(features, False) is persistent
+        with forward.persistent_rows(1024):  # a limit of its own (bench.decode_variants' +rows)
+            assert V.choices.should_use_persistent_reduction(features, False) is (size <= 1024)
         assert V.choices.should_use_persistent_reduction(features, False) is (size <= 1024)  # outside: inductor's
 
 
@@ -1096,6 +1098,7 @@ def test_persistent_rows_is_in_the_compile_cache_key_of_the_batch_1_step(monkeyp
     that changes nothing, whose uuid (part of inductor's cache key) names the setting; off, no pass."""
     from llmprofiles.generation import forward
 
+    assert forward.rows_cache_key(0) == {}
     monkeypatch.setattr(forward, "PERSISTENT_ROWS", 0)
     assert "post_grad_custom_post_pass" not in forward.b1_options()
     assert forward.b1_options(pdl=True) == {**forward.WHOLE_B1_OPTIONS, **forward.PDL_OPTIONS}

@@ -63,8 +63,8 @@ PROJ_KERNEL = True
 PERSISTENT_ROWS = 4096
 
 
-def _persistent_rows_choices():
-    """Inductor's heuristics, but a reduction of one row of at most PERSISTENT_ROWS values persistent."""
+def _persistent_rows_choices(limit: int):
+    """Inductor's heuristics, but a reduction of one row of at most ``limit`` values persistent."""
     from torch._inductor.choices import InductorChoices
     from torch._inductor.virtualized import V
 
@@ -73,7 +73,7 @@ def _persistent_rows_choices():
         def should_use_persistent_reduction(features, cooperative_reduction):
             sizes = V.graph.sizevars
             if (not cooperative_reduction and sizes.statically_known_equals(features.numel, 1)
-                    and sizes.statically_known_leq(features.reduction_numel, PERSISTENT_ROWS)):
+                    and sizes.statically_known_leq(features.reduction_numel, limit)):
                 return True
             return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
 
@@ -81,34 +81,41 @@ def _persistent_rows_choices():
 
 
 @contextlib.contextmanager
-def persistent_rows():
-    """Inside, inductor's compiles follow PERSISTENT_ROWS (nothing changes when it is 0)."""
-    if not PERSISTENT_ROWS:
+def persistent_rows(limit: int | None = None):
+    """Inside, inductor's compiles keep one-row reductions of up to ``limit`` values persistent (default
+    PERSISTENT_ROWS; nothing changes when it is 0). Pair it with :func:`rows_cache_key` in the compile's options."""
+    limit = PERSISTENT_ROWS if limit is None else limit
+    if not limit:
         yield
         return
     from torch._inductor.virtualized import V
 
-    with V.set_choices_handler(_persistent_rows_choices()):
+    with V.set_choices_handler(_persistent_rows_choices(limit)):
         yield
 
 
+def rows_cache_key(limit: int) -> dict:
+    """Inductor options that put :func:`persistent_rows`'s ``limit`` in the compile cache's key: a graph pass that
+    changes nothing, named by a uuid. The choice is not in inductor's config, and a cached compile made without it
+    must not serve a compile with it, nor the other way. Nothing for 0."""
+    if not limit:
+        return {}
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class CacheKey(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            pass
+
+        def uuid(self) -> str:
+            return f"llmprofiles-persistent-rows-{limit}"
+
+    return {"post_grad_custom_post_pass": CacheKey()}
+
+
 def b1_options(pdl: bool = False) -> dict:
-    """Inductor options of the batch-1 step's compile: WHOLE_B1_OPTIONS, PDL_OPTIONS with ``pdl``, and with
-    PERSISTENT_ROWS a graph pass that changes nothing but the compile cache's key (the choice is not in inductor's
-    config, and a cached compile made without it must not serve a compile with it, nor the other way)."""
-    options = {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {})}
-    if PERSISTENT_ROWS:
-        from torch._inductor.custom_graph_pass import CustomGraphPass
-
-        class CacheKey(CustomGraphPass):
-            def __call__(self, graph) -> None:
-                pass
-
-            def uuid(self) -> str:
-                return f"llmprofiles-persistent-rows-{PERSISTENT_ROWS}"
-
-        options["post_grad_custom_post_pass"] = CacheKey()
-    return options
+    """Inductor options of the batch-1 step's compile: WHOLE_B1_OPTIONS, PDL_OPTIONS with ``pdl``, and
+    PERSISTENT_ROWS's cache key."""
+    return {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {}), **rows_cache_key(PERSISTENT_ROWS)}
 
 
 @dataclass(frozen=True)
