@@ -1,11 +1,13 @@
-"""The batch-1 MLP kernels at each block size, against cuBLAS and inductor, on one GPU (gemma-3-1b's MLP by default).
+"""The batch-1 matrix-vector kernels at each block size, against cuBLAS and inductor, on one GPU (gemma-3-1b's shapes
+by default).
 
-For each of the two kernels of ``llmprofiles.generation.mlp`` (gate/up with the activation: ``[2 x inter, hidden]``;
-down: ``[hidden, inter]``), every block size in ``mlp.CONFIGS`` is launched directly and timed alone with CUDA
-events (median of ``--iters`` after a warm-up), as microseconds and the weights' bytes per second. Beside them, in
-the same process: cuBLAS (``F.linear``) and inductor's multiply-and-reduce form compiled with coordinate descent
-(the batch-1 step's form without the kernels). Where the kernels run at 3.0 TB/s in the step (session 17), this
-shows which block size gets nearer the 4.8 TB/s of HBM, and what the autotuner picked.
+For each weight the batch-1 step runs through ``llmprofiles.generation.mlp`` (gate/up with the activation:
+``[2 x inter, hidden]``; down: ``[hidden, inter]``; q/k/v: ``[qkv, hidden]``; output: ``[hidden, attn]``), every
+block size in ``mlp.CONFIGS`` (and ``--extra-configs``, block sizes the autotuner does not try) is launched
+directly and timed alone with CUDA events (median of ``--iters`` after a warm-up), as microseconds and the
+weights' bytes per second. Beside them, in the same process: cuBLAS (``F.linear``) and inductor's
+multiply-and-reduce form compiled with coordinate descent (the batch-1 step's form without the kernels). Where the four kernels run at about 2.5 TB/s in the step (session
+18's kernel table), this shows which block size gets nearer the 4.8 TB/s of HBM, and what the autotuner picked.
 
 Run on the GPU machine; ends with one JSON line::
 
@@ -33,6 +35,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=1152)
     p.add_argument("--inter", type=int, default=6912)
+    p.add_argument("--qkv", type=int, default=1536, help="q/k/v projection's rows (heads x head_dim + 2 x kv_heads x head_dim)")
+    p.add_argument("--attn", type=int, default=1024, help="output projection's columns (heads x head_dim)")
+    p.add_argument("--extra-configs", default="", help='more block sizes to time, e.g. "2x2048x4,4x1024x8" (rows x columns x warps)')
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("bench/tmp/mlp_gemv.json"))
     a = p.parse_args()
@@ -43,18 +48,25 @@ def main() -> None:
     h = torch.randn(a.hidden, generator=g).to(dev, dt)
     gate_up = (torch.randn(2 * a.inter, a.hidden, generator=g) * a.hidden ** -0.5).to(dev, dt)
     down = (torch.randn(a.hidden, a.inter, generator=g) * a.inter ** -0.5).to(dev, dt)
-    act = mlp.gemv(h, gate_up, gated=True)  # autotunes both shapes once: the autotuner's choice is reported too
+    qkv = (torch.randn(a.qkv, a.hidden, generator=g) * a.hidden ** -0.5).to(dev, dt)
+    attn = torch.randn(a.attn, generator=g).to(dev, dt)
+    o = (torch.randn(a.hidden, a.attn, generator=g) * a.attn ** -0.5).to(dev, dt)
+    act = mlp.gemv(h, gate_up, gated=True)  # autotunes each shape once: the autotuner's choice is reported too
     mlp.gemv(act, down, gated=False)
+    mlp.gemv(h, qkv, gated=False)
+    mlp.gemv(attn, o, gated=False)
     picked = mlp.chosen()
+    extra = [tuple(int(v) for v in c.split("x")) for c in a.extra_configs.split(",") if c]
     rows = []
 
     def row(kernel: str, form: str, us: float, nbytes: int) -> None:
         rows.append({"kernel": kernel, "form": form, "us": round(us, 2), "tb_s": round(nbytes / us / 1e6, 2)})
         print(f"{kernel:8s} {form:28s} {us:8.2f} us {nbytes / us / 1e6:6.2f} TB/s", flush=True)
 
-    for kernel, x, w, gated in (("gate_up", h, gate_up, True), ("down", act, down, False)):
+    for kernel, x, w, gated in (("gate_up", h, gate_up, True), ("down", act, down, False), ("qkv", h, qkv, False),
+                                ("o", attn, o, False)):
         nbytes = w.numel() * w.element_size()
-        for config in mlp.CONFIGS:
+        for config in [*mlp.CONFIGS, *extra]:
             mlp.FIXED = config
             row(kernel, "block %d x %d, %d warps" % config, event_us(lambda: mlp.gemv(x, w, gated), a.iters), nbytes)
         mlp.FIXED = None
@@ -63,7 +75,7 @@ def main() -> None:
                                options={"coordinate_descent_tuning": True})
         row(kernel, "inductor multiply-and-reduce", event_us(lambda: reduce(x, w), a.iters), nbytes)
     summary = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "hidden": a.hidden,
-               "inter": a.inter, "autotuner_picked": picked, "rows": rows}
+               "inter": a.inter, "qkv": a.qkv, "attn": a.attn, "autotuner_picked": picked, "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
