@@ -42,7 +42,8 @@ B1_VARIANTS = {
     "cdt+gemv+mlp": (CDT, True, True, False, 0),
     "cdt+gemv+mlp+proj": (CDT, True, True, True, 0),
     "cdt+gemv+mlp+proj+rows": (CDT, True, True, True, 4096),
-    # Inductor's own answer: persistent and looped forms of each reduction, the faster chosen at the first call.
+    # Inductor's own answer: persistent and looped forms of each reduction, the faster chosen at the first call (its
+    # second compile in one process failed inside Triton in session 18).
     "cdt+gemv+mlp+proj+mk": ({**CDT, "triton.multi_kernel": 1}, True, True, True, 0),
     "gemv": ({}, True, False, False, 0),
     "cdt": (CDT, False, False, False, 0),
@@ -111,7 +112,7 @@ def main() -> None:
     for name in filter(None, a.b1_variants.split(",")):  # a name given twice runs twice (a compile of its own)
         options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL, forward.PERSISTENT_ROWS = B1_VARIANTS[name]
         forward.WHOLE_B1_GEMV = gemv
-        options = {**options, **{k: v for k, v in forward.b1_options().items() if k not in forward.WHOLE_B1_OPTIONS}}
+        options = {**options, **forward.rows_cache_key(forward.PERSISTENT_ROWS)}  # forward's dispatch sets the rows
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()
         run(f"whole {name}", [1])

@@ -202,9 +202,9 @@ def build_generate(source: str, spec: GenerationSpec, device: str, dtype: str, m
         print(f"{model_dir.name}: decode attention: {fields['decode_attention']}")
         from llmprofiles.generation.engine import check_mlp_kernel
 
-        with step("check the batch-1 MLP kernels against the PyTorch MLP (and autotune them)"):
+        with step("check the batch-1 matrix-vector kernels (MLP, q/k/v, output) against PyTorch, autotuning them"):
             fields["mlp_kernel"] = check_mlp_kernel(hf, device_t)
-        print(f"{model_dir.name}: batch-1 MLP: {fields['mlp_kernel']}")
+        print(f"{model_dir.name}: batch-1 matrix-vector kernels: {fields['mlp_kernel']}")
         fields["decode_pdl"] = False
         if decode_pdl:
             from llmprofiles.runtimes.compiled import pdl_works

@@ -360,7 +360,7 @@ class GenerationEngine:
         self.compile_s = compile_seconds()
         log.info("compile seconds in this process, by stage: %s", self.compile_s)
         if block_sizes := mlp.chosen():
-            log.info("the batch-1 MLP kernels' block sizes (pinned by the build, or autotuned): %s", block_sizes)
+            log.info("the batch-1 matrix-vector kernels' block sizes (pinned by the build, or autotuned): %s", block_sizes)
         return times
 
 
@@ -428,7 +428,8 @@ def check_decode_kernel(hf: torch.nn.Module, device: torch.device, steps: int = 
 
 
 def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4) -> dict:
-    """Whether the batch-1 MLP kernels run here and match the PyTorch MLP, for the build's manifest.
+    """Whether the batch-1 matrix-vector kernels (the MLP's, and the attention projections') run here and match
+    PyTorch, for the build's manifest (``mlp_kernel``).
 
     Every layer's MLP weights in the model's dtype on ``device``, each fed ``tokens`` random inputs of the
     hidden size, through :func:`llmprofiles.generation.mlp.mlp_op` (its kernels, autotuned at the first call)
@@ -468,7 +469,7 @@ def check_mlp_kernel(hf: torch.nn.Module, device: torch.device, tokens: int = 4)
 
 
 def served_mlp_kernel(manifest: dict, device: torch.device) -> bool | None:
-    """Whether the batch-1 MLP kernels serve, as the build's check decided (``mlp_kernel`` in its manifest): kept
+    """Whether the batch-1 matrix-vector kernels serve, as the build's check decided (``mlp_kernel`` in its manifest): kept
     (True, and their block sizes pinned: the kernels the build measured, no autotuning at start-up), refused
     (False: inductor's form), or not checked (None: the default, forward.MLP_KERNEL). Off CUDA, not checked."""
     checked = manifest.get("mlp_kernel", {}) if device.type == "cuda" else {}

@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from llmprofiles.generation import mlp
-
 # Projections that read the same input, in the order their outputs are concatenated.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -129,6 +127,8 @@ def use_gemv(model: nn.Module) -> int:
 
 
 def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from llmprofiles.generation import mlp  # only where use_mlp_kernel switched an MLP: llm serving does not import it
+
     if x.numel() == x.shape[-1] and mlp.available(x.device):
         return mlp.mlp_op(x, module.gate_proj.fused.weight, module.down_proj.weight)
     return type(module).forward(module, x)
