@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from llmprofiles import models
-from llmprofiles.generation.forward import persistent_rows, rows_cache_key
 from llmprofiles.loadgen import percentiles
 from llmprofiles.runtimes import fusion
 from llmprofiles.runtimes.compiled import PDL, STATIC_OPTIONS, StaticGraphRunner
@@ -35,7 +34,7 @@ CDT = {"coordinate_descent_tuning": True}
 NO_CDT = {"coordinate_descent_tuning": False}
 # name: (fuse projections, single-token projections as reductions, single-query attention without SDPA,
 #        the MLP kernels (fusion.use_mlp_kernel), inductor options over STATIC_OPTIONS[, persistent one-row
-#        reductions up to this many values (generation.forward.persistent_rows)])
+#        reductions up to this many values (fusion.persistent_rows)])
 VARIANTS = {
     "plain": (False, False, False, False, NO_CDT),
     "cdt": (False, False, False, False, CDT),
@@ -63,7 +62,7 @@ VARIANTS = {
     # inductor's form recomputes gelu(gate) * up in every program of down's GEMV (generate, session 17).
     "fused+gemv+cdt+sqa+mlp": (True, True, True, True, CDT),
     # One-row reductions (the norms, 1,152 values for gemma-3-1b) kept in registers up to 4,096 values, where inductor
-    # loops past 1,024 (generate's forward.PERSISTENT_ROWS: its norm kernels fell from 4.6 to 2.0 us, session 18).
+    # loops past 1,024 (fusion.PERSISTENT_ROWS: generate's norm kernels fell from 4.6 to 2.0 us, session 18).
     "fused+gemv+cdt+sqa+rows": (True, True, True, False, CDT, 4096),
     "fused+gemv+cdt+sqa+mlp+rows": (True, True, True, True, CDT, 4096),
 }
@@ -184,8 +183,8 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             fn = torch.compile(wrapper, dynamic=False, fullgraph=True,
-                               options={**STATIC_OPTIONS, **extra, **fusion.compile_options(), **rows_cache_key(rows)})
-            with persistent_rows(rows):  # the compile runs at the runner's first call
+                               options={**STATIC_OPTIONS, **extra, **fusion.compile_options(), **fusion.rows_cache_key(rows)})
+            with fusion.persistent_rows(rows):  # the compile runs at the runner's first call
                 runner = StaticGraphRunner(fn, (1, 1), device)
         except Exception as e:  # one variant failing to compile must not lose the others' numbers
             results[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}

@@ -1070,7 +1070,7 @@ def test_greedy_rows_get_the_same_tokens_from_the_steps_choice_as_from_sampling_
 
 @pytest.mark.parametrize("rows,size,persistent", [(1, 1152, True), (1, 4096, True), (1, 8192, False), (4, 1152, False)])
 def test_the_batch_1_norms_are_persistent_reductions_up_to_persistent_rows(rows, size, persistent, monkeypatch):
-    """forward.PERSISTENT_ROWS: inductor's choice for a reduction of ``rows`` rows of ``size`` values, as the batch-1
+    """fusion.PERSISTENT_ROWS: inductor's choice for a reduction of ``rows`` rows of ``size`` values, as the batch-1
     step's compile makes it. One row up to PERSISTENT_ROWS stays in registers; the rest is inductor's rule, which loops
     over rows past 1,024 (the fall-through answers what inductor would, so this also fails if its rule moves)."""
     from types import SimpleNamespace
@@ -1080,15 +1080,15 @@ def test_the_batch_1_norms_are_persistent_reductions_up_to_persistent_rows(rows,
     from torch._inductor.sizevars import SizeVarAllocator
     from torch._inductor.virtualized import V
 
-    from llmprofiles.generation import forward
+    from llmprofiles.runtimes import fusion
 
-    monkeypatch.setattr(forward, "PERSISTENT_ROWS", 4096)
+    monkeypatch.setattr(fusion, "PERSISTENT_ROWS", 4096)
     features = SimpleNamespace(numel=sympy.Integer(rows), reduction_numel=sympy.Integer(size),
                                get_reduction_hint=lambda: ReductionHint.INNER)
     with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator())):
-        with forward.persistent_rows():
+        with fusion.persistent_rows():
             assert V.choices.should_use_persistent_reduction(features, False) is persistent
-        with forward.persistent_rows(1024):  # a limit of its own (bench.decode_variants' +rows)
+        with fusion.persistent_rows(1024):  # a limit of its own (bench.decode_variants' +rows)
             assert V.choices.should_use_persistent_reduction(features, False) is (size <= 1024)
         assert V.choices.should_use_persistent_reduction(features, False) is (size <= 1024)  # outside: inductor's
 
@@ -1097,12 +1097,13 @@ def test_persistent_rows_is_in_the_compile_cache_key_of_the_batch_1_step(monkeyp
     """A cached batch-1 compile made with one PERSISTENT_ROWS must not serve another: b1_options carries a graph pass
     that changes nothing, whose uuid (part of inductor's cache key) names the setting; off, no pass."""
     from llmprofiles.generation import forward
+    from llmprofiles.runtimes import fusion
 
-    assert forward.rows_cache_key(0) == {}
-    monkeypatch.setattr(forward, "PERSISTENT_ROWS", 0)
+    assert fusion.rows_cache_key(0) == {}
+    monkeypatch.setattr(fusion, "PERSISTENT_ROWS", 0)
     assert "post_grad_custom_post_pass" not in forward.b1_options()
     assert forward.b1_options(pdl=True) == {**forward.WHOLE_B1_OPTIONS, **forward.PDL_OPTIONS}
-    monkeypatch.setattr(forward, "PERSISTENT_ROWS", 4096)
+    monkeypatch.setattr(fusion, "PERSISTENT_ROWS", 4096)
     key = forward.b1_options()["post_grad_custom_post_pass"]
     assert key.uuid() == "llmprofiles-persistent-rows-4096"
     graph = torch.fx.Graph()

@@ -32,10 +32,11 @@ from bench.generate_bench import sync_fn, time_decode
 from llmprofiles import models
 from llmprofiles.generation import forward
 from llmprofiles.generation.engine import GenerationEngine
+from llmprofiles.runtimes import fusion
 from llmprofiles.profiles.sets import generate_spec
 
 # name: (inductor options over the defaults, projections as multiply-and-reduce, the MLP kernels (forward.MLP_KERNEL),
-# the attention projections' kernel with them (forward.PROJ_KERNEL), forward.PERSISTENT_ROWS)
+# the attention projections' kernel with them (forward.PROJ_KERNEL), fusion.PERSISTENT_ROWS)
 CDT = {"coordinate_descent_tuning": True}
 B1_VARIANTS = {
     "cdt+gemv": (CDT, True, False, False, 0),
@@ -110,9 +111,9 @@ def main() -> None:
         return save(a, spec, rows)
     f.whole_decode = True
     for name in filter(None, a.b1_variants.split(",")):  # a name given twice runs twice (a compile of its own)
-        options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL, forward.PERSISTENT_ROWS = B1_VARIANTS[name]
+        options, gemv, forward.MLP_KERNEL, forward.PROJ_KERNEL, fusion.PERSISTENT_ROWS = B1_VARIANTS[name]
         forward.WHOLE_B1_GEMV = gemv
-        options = {**options, **forward.rows_cache_key(forward.PERSISTENT_ROWS)}  # forward's dispatch sets the rows
+        options = {**options, **fusion.rows_cache_key()}  # forward's dispatch sets the rows
         f.decode_b1 = torch.compile(f._decode_b1, fullgraph=True, dynamic=False, options=options)
         torch._dynamo.reset()
         run(f"whole {name}", [1])

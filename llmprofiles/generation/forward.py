@@ -15,7 +15,6 @@ fused matrix each; the unfused tensors are dropped, so the weights exist once.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from llmprofiles.generation import attention, mlp
+from llmprofiles.runtimes.fusion import persistent_rows, rows_cache_key
 
 SUPPORTED = ("gemma3_text",)
 log = logging.getLogger(__name__)
@@ -53,69 +53,10 @@ MLP_KERNEL = True
 # With the MLP kernels, the batch-1 step's attention projections (q/k/v, output) run as the same matrix-vector kernel
 # (mlp.linear_op) instead of inductor's reductions. The build's check covers them with the MLP's.
 PROJ_KERNEL = True
-# The batch-1 step's norms reduce one row of the hidden size (1,152 for gemma-3-1b). Inductor keeps a reduction's row
-# in registers ("persistent") up to 1,024 values; past that it loops over the row once per reduction it fused, each
-# pass reading it back. The kernel that ends a layer (post-feedforward norm, residual, the next layer's input norm)
-# took 4.6 us a layer that way, 114.8 us of the step (H200, session 18). With PERSISTENT_ROWS, the batch-1 step's
-# compile keeps single-row reductions of up to that many values persistent (0: inductor's rule): that kernel then took
-# 2.0 us, and the step's graph replayed in 1.118 / 1.104 ms against 1.172 / 1.135 ms, side by side in one process
-# (bench/results/2026-12-01-session18-kernels/).
-PERSISTENT_ROWS = 4096
-
-
-def _persistent_rows_choices(limit: int):
-    """Inductor's heuristics, but a reduction of one row of at most ``limit`` values persistent."""
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.virtualized import V
-
-    class PersistentRows(InductorChoices):
-        @staticmethod
-        def should_use_persistent_reduction(features, cooperative_reduction):
-            sizes = V.graph.sizevars
-            if (not cooperative_reduction and sizes.statically_known_equals(features.numel, 1)
-                    and sizes.statically_known_leq(features.reduction_numel, limit)):
-                return True
-            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
-
-    return PersistentRows()
-
-
-@contextlib.contextmanager
-def persistent_rows(limit: int | None = None):
-    """Inside, inductor's compiles keep one-row reductions of up to ``limit`` values persistent (default
-    PERSISTENT_ROWS; nothing changes when it is 0). Pair it with :func:`rows_cache_key` in the compile's options."""
-    limit = PERSISTENT_ROWS if limit is None else limit
-    if not limit:
-        yield
-        return
-    from torch._inductor.virtualized import V
-
-    with V.set_choices_handler(_persistent_rows_choices(limit)):
-        yield
-
-
-def rows_cache_key(limit: int) -> dict:
-    """Inductor options that put :func:`persistent_rows`'s ``limit`` in the compile cache's key: a graph pass that
-    changes nothing, named by a uuid. The choice is not in inductor's config, and a cached compile made without it
-    must not serve a compile with it, nor the other way. Nothing for 0."""
-    if not limit:
-        return {}
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    class CacheKey(CustomGraphPass):
-        def __call__(self, graph) -> None:
-            pass
-
-        def uuid(self) -> str:
-            return f"llmprofiles-persistent-rows-{limit}"
-
-    return {"post_grad_custom_post_pass": CacheKey()}
-
-
 def b1_options(pdl: bool = False) -> dict:
     """Inductor options of the batch-1 step's compile: WHOLE_B1_OPTIONS, PDL_OPTIONS with ``pdl``, and
-    PERSISTENT_ROWS's cache key."""
-    return {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {}), **rows_cache_key(PERSISTENT_ROWS)}
+    fusion.PERSISTENT_ROWS's cache key."""
+    return {**WHOLE_B1_OPTIONS, **(PDL_OPTIONS if pdl else {}), **rows_cache_key()}
 
 
 @dataclass(frozen=True)

@@ -157,17 +157,23 @@ def pdl_works(device: torch.device, timeout_s: float = 120) -> bool:
     return True
 
 
-def prepare(wrapper: torch.nn.Module) -> None:
-    """The module changes every compile starts from (each pass leaves an already changed module alone)."""
+def prepare(wrapper: torch.nn.Module, mlp_kernel: bool = True) -> None:
+    """The module changes every compile starts from (each pass leaves an already changed module alone). With
+    ``mlp_kernel``, a single token's gated MLP runs generate's two MLP kernels where they can run (CUDA with
+    Triton; elsewhere the module's own forward): ``fusion.use_mlp_kernel``."""
     fusion.fuse_projections(wrapper)
     fusion.use_gemv(wrapper)
     fusion.use_single_query_attention(wrapper.model)
+    if mlp_kernel:
+        fusion.use_mlp_kernel(wrapper.model)
 
 
 def compile_static(wrapper: torch.nn.Module, options: dict[str, Any] | None = None) -> Callable:
-    """A static-shape compile; ``options`` (a profile's tuned options, see TUNE_VARIANTS) over STATIC_OPTIONS."""
+    """A static-shape compile; ``options`` (a profile's tuned options, see TUNE_VARIANTS) over STATIC_OPTIONS.
+    Its first call must run under ``fusion.persistent_rows()``, whose setting is in the options' cache key."""
     return torch.compile(wrapper, dynamic=False, fullgraph=True,
-                         options={**STATIC_OPTIONS, **(options or {}), **fusion.compile_options()})
+                         options={**STATIC_OPTIONS, **(options or {}), **fusion.compile_options(),
+                                  **fusion.rows_cache_key()})
 
 
 # Inductor counters that tell whether a profile's compile reused cached work: an FX graph
@@ -186,36 +192,39 @@ def compile_counts() -> dict[str, int]:
 class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
-    The module is changed in place (projections fused, single tokens as GEMVs, single-query attention)
-    and owned by the engine. ``static_options`` maps a static profile's name to the inductor options
-    its build-time tuning kept (:func:`tune_options`).
+    The module is changed in place (projections fused, single tokens as GEMVs, single-query attention,
+    the MLP kernels with ``mlp_kernel``: :func:`prepare`) and owned by the engine. ``static_options`` maps a
+    static profile's name to the inductor options its build-time tuning kept (:func:`tune_options`). Static
+    profiles compile with their one-row reductions (the norms at batch 1) persistent: ``fusion.persistent_rows``.
     """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,
-                 cuda_graphs: bool = True, static_options: dict[str, dict[str, Any]] | None = None):
+                 cuda_graphs: bool = True, static_options: dict[str, dict[str, Any]] | None = None,
+                 mlp_kernel: bool = True):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
-        prepare(wrapper)
+        prepare(wrapper, mlp_kernel)
         self.wrapper = wrapper
         self.runners = []
         self.compile_counts = []  # per profile: COMPILE_COUNTERS over its compile and warm-up
         for i, name in enumerate(profiles.names):
             r = profiles.ranges(i)["input_ids"]
             t0, before = time.perf_counter(), compile_counts()
-            if r.is_static:
-                fn = compile_static(wrapper, (static_options or {}).get(name))
-                runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
-            else:
-                runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True,
-                                                     options=fusion.compile_options()))
-            self.runners.append(runner)
-            # Warm at the profile's opt first (the size hint the kernels are tuned
-            # for), then at its ends: torch.compile specialises size 1 on its own.
-            # Through run(), with host tensors, as a request arrives: the same copy to the
-            # device and the same compiled_layout as every request.
-            with torch._dynamo.config.patch(**COMPILE_CONFIG):
-                for shape in dict.fromkeys((r.opt, r.min, r.max)):
-                    ids = torch.zeros(shape, dtype=torch.int64)
-                    self.run(i, ids, models.default_position_ids(ids))
+            with fusion.persistent_rows(None if r.is_static else 0):  # a static profile compiles at its first call
+                if r.is_static:
+                    fn = compile_static(wrapper, (static_options or {}).get(name))
+                    runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
+                else:
+                    runner = DynamicRunner(torch.compile(wrapper, dynamic=True, fullgraph=True,
+                                                         options=fusion.compile_options()))
+                self.runners.append(runner)
+                # Warm at the profile's opt first (the size hint the kernels are tuned
+                # for), then at its ends: torch.compile specialises size 1 on its own.
+                # Through run(), with host tensors, as a request arrives: the same copy to the
+                # device and the same compiled_layout as every request.
+                with torch._dynamo.config.patch(**COMPILE_CONFIG):
+                    for shape in dict.fromkeys((r.opt, r.min, r.max)):
+                        ids = torch.zeros(shape, dtype=torch.int64)
+                        self.run(i, ids, models.default_position_ids(ids))
             self.check_warm(i)
             self.compile_counts.append({k: v - before[k] for k, v in compile_counts().items()})
             log.info("profile %d %r ready in %.1f s (%s)", i, name, time.perf_counter() - t0,
@@ -294,10 +303,16 @@ def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.dev
     configs = version_dir / KERNEL_CONFIGS
     if configs.is_file() and device.type == "cuda":
         log.info("pinned %d tuned kernel launch configs", pin_kernel_configs(json.loads(configs.read_text())))
+    mlp_kernel = True  # off CUDA the switched MLPs run their own forward
+    if device.type == "cuda":
+        from llmprofiles.generation.engine import served_mlp_kernel
+
+        mlp_kernel = served_mlp_kernel(manifest, device) is not False  # the build's check; pins its block sizes
     wrapper = wrapper_from_artifacts(version_dir, manifest, device)
     with cached_configs_final():
         engine = CompiledEngine(wrapper, profiles_of(manifest), device, cuda_graphs=device.type == "cuda",
-                                static_options=tune_options(manifest) if device.type == "cuda" else None)
+                                static_options=tune_options(manifest) if device.type == "cuda" else None,
+                                mlp_kernel=mlp_kernel)
     engine.version_dir = version_dir
     return engine
 
@@ -557,7 +572,8 @@ TUNE_MAX_DIFF = 0.1
 
 def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...], device: torch.device,
                   max_diff: float = TUNE_MAX_DIFF) -> float:
-    """Max abs logit difference of a tuning attempt against the eager module, on two fixed inputs.
+    """Max abs logit difference of a tuning attempt against the eager module (its MLPs in PyTorch), on two
+    fixed inputs.
 
     Raises ValueError past ``max_diff`` (relative to the largest reference logit when that exceeds 1),
     so :func:`pick_fastest` records the attempt as failed and never keeps it.
@@ -568,7 +584,8 @@ def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...],
         ids = torch.randint(0, 1000, shape, generator=g).to(device)
         pos = torch.randint(0, 512, shape, generator=g).to(device)
         with torch.no_grad():
-            ref = reference(ids, pos).float()
+            with fusion.mlp_in_pytorch():  # the MLP kernels are checked too
+                ref = reference(ids, pos).float()
             got = runner(ids, pos).float()
         diff = (got - ref).abs().max().item()
         bound = max_diff * max(1.0, ref.abs().max().item())
@@ -579,7 +596,7 @@ def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...],
 
 
 def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
-                        runs: int) -> tuple[bytes | None, dict[str, dict], dict]:
+                        runs: int, mlp_kernel: bool = True) -> tuple[bytes | None, dict[str, dict], dict]:
     """Compile one static profile ``runs`` times from empty caches; the fastest correct replay wins.
 
     Attempt k compiles with the options ``tune_variants(device)[k % n]``. Each attempt compiles
@@ -600,7 +617,8 @@ def tune_static_profile(wrapper: torch.nn.Module, shape: tuple[int, ...], device
         clear_recorded_artifacts()
         options = variants[k % len(variants)]
         with fresh_compile_cache():
-            engine = CompiledEngine(wrapper, static_profile(shape), device, static_options={"static": options})
+            engine = CompiledEngine(wrapper, static_profile(shape), device, static_options={"static": options},
+                                    mlp_kernel=mlp_kernel)
             diffs[k] = check_attempt(engine.runners[0], wrapper, shape, device)
             ms = replay_ms(engine.runners[0])
             saved = torch.compiler.save_cache_artifacts()
@@ -636,18 +654,27 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     ``final_configs`` compares the winner's kernel launch configs with the cache's after
     that compile (all ``same`` when they were reused). The winner's configs are saved as
     ``kernel_configs.json`` and pinned again when the engine is loaded.
+    First, generate's MLP kernels are checked against PyTorch on every layer's weights and autotuned
+    (``generation.engine.check_mlp_kernel``); the manifest's ``mlp_kernel`` says whether they serve, with
+    the block sizes the server pins.
     """
     if ctx.device.type != "cuda":
         return [], {}
     runs = DEFAULT_TUNE_RUNS if tune_runs is None else tune_runs
-    prepare(ctx.wrapper)
+    from llmprofiles.generation.engine import check_mlp_kernel
+
+    with step("check the batch-1 MLP kernels against PyTorch, autotuning them"):
+        checked = check_mlp_kernel(ctx.wrapper.model, ctx.device)
+    print(f"     MLP kernels: {checked}", flush=True)
+    mlp_kernel = checked["use"] == "kernel"
+    prepare(ctx.wrapper, mlp_kernel)
     tuning, kept = {}, {}  # per static profile: its record; its winner's (cache artifacts, launch configs)
     for i, name in enumerate(ctx.profiles.names):
         r = ctx.profiles.ranges(i)["input_ids"]
         if not r.is_static:
             continue
         with step(f"tune static profile {name!r}: {runs} compile(s) from empty caches, keep the fastest replay"):
-            artifacts, configs, tuning[name] = tune_static_profile(ctx.wrapper, r.min, ctx.device, runs)
+            artifacts, configs, tuning[name] = tune_static_profile(ctx.wrapper, r.min, ctx.device, runs, mlp_kernel)
         print(f"     {name}: replay ms per attempt "
               f"{[round(a['ms'], 4) if 'ms' in a else 'failed' for a in tuning[name]['attempts']]}, "
               f"kept attempt {tuning[name]['winner'] + 1}", flush=True)
@@ -662,7 +689,8 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
         pin_kernel_configs(pinned)  # and their launch configs, whatever the artifacts restored
         with cached_configs_final():
             engine = CompiledEngine(ctx.wrapper, ctx.profiles, ctx.device,
-                                    static_options={name: t["options"] for name, t in tuning.items()})
+                                    static_options={name: t["options"] for name, t in tuning.items()},
+                                    mlp_kernel=mlp_kernel)
         now = kernel_configs()
         for i, name in enumerate(ctx.profiles.names):
             if name not in tuning:
@@ -686,4 +714,4 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     if pinned:
         (ctx.version_dir / KERNEL_CONFIGS).write_text(json.dumps(pinned, indent=1, sort_keys=True))
         written.append(KERNEL_CONFIGS)
-    return written, {"decode_tuning": tuning} if tuning else {}
+    return written, {"mlp_kernel": checked, **({"decode_tuning": tuning} if tuning else {})}

@@ -26,6 +26,7 @@ Prompts of several tokens keep SDPA. Measured effects: ``bench/NOTES.md``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -126,10 +127,25 @@ def use_gemv(model: nn.Module) -> int:
 # --- the gated MLP as two matrix-vector kernels -----------------------------------
 
 
-def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from llmprofiles.generation import mlp  # only where use_mlp_kernel switched an MLP: llm serving does not import it
+_MLP_IN_PYTORCH = False  # set by mlp_in_pytorch
 
-    if x.numel() == x.shape[-1] and mlp.available(x.device):
+
+@contextlib.contextmanager
+def mlp_in_pytorch():
+    """Inside, the MLPs :func:`use_mlp_kernel` switched run their own PyTorch forward, eagerly: the reference a
+    build checks its compiled graphs against (compiled.check_attempt), so the kernels are checked too."""
+    global _MLP_IN_PYTORCH
+    before, _MLP_IN_PYTORCH = _MLP_IN_PYTORCH, True
+    try:
+        yield
+    finally:
+        _MLP_IN_PYTORCH = before
+
+
+def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from llmprofiles.generation import mlp  # only where use_mlp_kernel switched an MLP
+
+    if not _MLP_IN_PYTORCH and x.numel() == x.shape[-1] and mlp.available(x.device):
         return mlp.mlp_op(x, module.gate_proj.fused.weight, module.down_proj.weight)
     return type(module).forward(module, x)
 
@@ -141,8 +157,8 @@ def use_mlp_kernel(model: nn.Module) -> int:
     own forward. Returns how many MLPs were switched.
 
     Inductor inlines ``gelu(gate) * up`` into the down projection's reduction, so every program of that kernel
-    recomputes the whole activation: ``llm``'s batch-1 step has the same 9 us kernel per layer as generate's had.
-    Not used by the engine yet: ``bench.decode_variants``'s ``+mlp`` variant measures it first.
+    recomputes the whole activation: ``llm``'s batch-1 step had the same 9 us kernel per layer as generate's had.
+    ``compiled.prepare`` switches them where the build's check kept the kernels (bench/NOTES.md, session 19).
     """
     switched = 0
     for module in model.modules():
@@ -159,6 +175,68 @@ def use_mlp_kernel(model: nn.Module) -> int:
             module.forward = _kernel_mlp_forward.__get__(module)
             switched += 1
     return switched
+
+
+# --- one-row reductions kept in registers ----------------------------------------
+
+# A batch-1 decode step's norms reduce one row of the hidden size (1,152 for gemma-3-1b). Inductor keeps a reduction's row
+# in registers ("persistent") up to 1,024 values; past that it loops over the row once per reduction it fused, each
+# pass reading it back. The kernel that ends a layer (post-feedforward norm, residual, the next layer's input norm)
+# took 4.6 us a layer that way in generate's step, 114.8 us of it (H200, session 18). Under persistent_rows, a compile
+# keeps single-row reductions of up to PERSISTENT_ROWS values persistent (0: inductor's rule): that kernel then took
+# 2.0 us, and generate's step replayed in 1.118 / 1.104 ms against 1.172 / 1.135 ms, side by side in one process
+# (bench/results/2026-12-01-session18-kernels/). generate's batch-1 step and llm's static profiles compile under it.
+PERSISTENT_ROWS = 4096
+
+
+def _persistent_rows_choices(limit: int):
+    """Inductor's heuristics, but a reduction of one row of at most ``limit`` values persistent."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    class PersistentRows(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            sizes = V.graph.sizevars
+            if (not cooperative_reduction and sizes.statically_known_equals(features.numel, 1)
+                    and sizes.statically_known_leq(features.reduction_numel, limit)):
+                return True
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+    return PersistentRows()
+
+
+@contextlib.contextmanager
+def persistent_rows(limit: int | None = None):
+    """Inside, inductor's compiles keep one-row reductions of up to ``limit`` values persistent (default
+    PERSISTENT_ROWS; nothing changes when it is 0). Pair it with :func:`rows_cache_key` in the compile's options."""
+    limit = PERSISTENT_ROWS if limit is None else limit
+    if not limit:
+        yield
+        return
+    from torch._inductor.virtualized import V
+
+    with V.set_choices_handler(_persistent_rows_choices(limit)):
+        yield
+
+
+def rows_cache_key(limit: int | None = None) -> dict:
+    """Inductor options that put :func:`persistent_rows`'s ``limit`` in the compile cache's key: a graph pass that
+    changes nothing, named by a uuid. The choice is not in inductor's config, and a cached compile made without it
+    must not serve a compile with it, nor the other way. Default PERSISTENT_ROWS; nothing for 0."""
+    limit = PERSISTENT_ROWS if limit is None else limit
+    if not limit:
+        return {}
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class CacheKey(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            pass
+
+        def uuid(self) -> str:
+            return f"llmprofiles-persistent-rows-{limit}"
+
+    return {"post_grad_custom_post_pass": CacheKey()}
 
 
 # --- single-query attention -----------------------------------------------------
