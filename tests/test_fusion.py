@@ -220,11 +220,11 @@ def test_requests_after_load_compile_nothing(compiled_engine):
 
 
 def test_the_mlp_kernel_computes_a_single_token_of_each_fused_gemma_mlp_with_the_same_logits(monkeypatch):
-    """use_mlp_kernel switches every gated MLP whose gate/up are fused; a single token then goes through the MLP
-    kernels (in Triton's interpreter here, where Triton is installed; else their PyTorch form), several tokens and
-    unfused MLPs do not. The logits are the same either way."""
+    """use_mlp_kernel switches every gated MLP whose gate/up are fused; under mlp_kernels a single token then goes
+    through the MLP kernels (in Triton's interpreter here, where Triton is installed; else their PyTorch form),
+    several tokens, unfused MLPs and calls outside mlp_kernels do not. The logits are the same either way."""
     from llmprofiles.generation import mlp
-    from llmprofiles.runtimes.fusion import use_mlp_kernel
+    from llmprofiles.runtimes.fusion import mlp_kernels, use_mlp_kernel
 
     model = LastTokenLM(load_model("tiny", torch.float32))
     layers = model.model.config.num_hidden_layers
@@ -238,10 +238,47 @@ def test_the_mlp_kernel_computes_a_single_token_of_each_fused_gemma_mlp_with_the
     with torch.no_grad():
         before = [model(ids, default_position_ids(ids)) for ids in (decode, prefill)]
         assert use_mlp_kernel(model) == layers and use_mlp_kernel(model) == 0  # once only
-        after_decode = model(decode, default_position_ids(decode))
-        assert len(calls) == (layers if mlp.available(torch.device("cpu")) else 0)
-        calls.clear()
-        after_prefill = model(prefill, default_position_ids(prefill))
-        assert calls == []
+        assert torch.equal(model(decode, default_position_ids(decode)), before[0]) and calls == []  # outside: its own
+        with mlp_kernels():
+            after_decode = model(decode, default_position_ids(decode))
+            assert len(calls) == (layers if mlp.available(torch.device("cpu")) else 0)
+            calls.clear()
+            after_prefill = model(prefill, default_position_ids(prefill))
+            assert calls == []
     torch.testing.assert_close(after_decode, before[0], atol=1e-4, rtol=1e-4)
     assert torch.equal(after_prefill, before[1])
+
+
+def test_an_engine_compiles_its_static_profile_with_the_mlp_kernels_and_persistent_rows_and_its_dynamic_one_without(
+        monkeypatch):
+    """CompiledEngine: the static decode profile compiles under fusion.persistent_rows and fusion.mlp_kernels, with the
+    rows' cache key in its options; the dynamic prefill profile under neither. The setting is baked into each compile,
+    unguarded: at the same [1, 1] shape the decode profile runs the MLP kernels (where Triton's interpreter is
+    installed) and the prefill profile does not, and neither recompiles (the engine's warm check raises if one does)."""
+    from llmprofiles.generation import mlp
+    from llmprofiles.profiles.sets import PROFILE_SETS
+    from llmprofiles.runtimes import compiled, fusion
+
+    entered, options = [], []
+    rows, kernels, compile_ = fusion.persistent_rows, fusion.mlp_kernels, torch.compile
+    monkeypatch.setattr(fusion, "persistent_rows", lambda limit=None: entered.append(("rows", limit)) or rows(limit))
+    monkeypatch.setattr(fusion, "mlp_kernels", lambda on=True: entered.append(("mlp", on)) or kernels(on))
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: options.append(k.get("options", {})) or compile_(*a, **k))
+    profiles = PROFILE_SETS["multi"]
+    assert [profiles.ranges(i)["input_ids"].is_static for i in range(2)] == [True, False]
+    model = LastTokenLM(load_model("tiny", torch.float32))
+    engine = compiled.CompiledEngine(model, profiles, torch.device("cpu"), cuda_graphs=False)
+    assert entered == [("rows", None), ("mlp", True), ("rows", 0), ("mlp", False)]
+    key = fusion.rows_cache_key()["post_grad_custom_post_pass"].uuid()
+    assert [getattr(o.get("post_grad_custom_post_pass"), "uuid", lambda: None)() for o in options] == [key, None]
+    calls = []
+    gemv = mlp.gemv
+    monkeypatch.setattr(mlp, "gemv", lambda *a, **k: calls.append(a[1].shape) or gemv(*a, **k))
+    ids = torch.tensor([[5]])
+    logits = []
+    for profile in (0, 1):
+        calls.clear()
+        logits.append(engine.run(profile, ids, default_position_ids(ids)))
+        expected = 2 * model.model.config.num_hidden_layers if profile == 0 and mlp.available(ids.device) else 0
+        assert len(calls) == expected, (profile, calls)
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)

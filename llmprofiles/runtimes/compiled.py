@@ -157,15 +157,14 @@ def pdl_works(device: torch.device, timeout_s: float = 120) -> bool:
     return True
 
 
-def prepare(wrapper: torch.nn.Module, mlp_kernel: bool = True) -> None:
-    """The module changes every compile starts from (each pass leaves an already changed module alone). With
-    ``mlp_kernel``, a single token's gated MLP runs generate's two MLP kernels where they can run (CUDA with
-    Triton; elsewhere the module's own forward): ``fusion.use_mlp_kernel``."""
+def prepare(wrapper: torch.nn.Module) -> None:
+    """The module changes every compile starts from (each pass leaves an already changed module alone). The gated
+    MLPs are switched to generate's two MLP kernels for a single token, which only compiles made under
+    ``fusion.mlp_kernels()`` take: the static profiles' (:class:`CompiledEngine`)."""
     fusion.fuse_projections(wrapper)
     fusion.use_gemv(wrapper)
     fusion.use_single_query_attention(wrapper.model)
-    if mlp_kernel:
-        fusion.use_mlp_kernel(wrapper.model)
+    fusion.use_mlp_kernel(wrapper.model)
 
 
 def compile_static(wrapper: torch.nn.Module, options: dict[str, Any] | None = None) -> Callable:
@@ -192,24 +191,26 @@ def compile_counts() -> dict[str, int]:
 class CompiledEngine(Engine):
     """All profiles are compiled views of one module, so the weights exist once.
 
-    The module is changed in place (projections fused, single tokens as GEMVs, single-query attention,
-    the MLP kernels with ``mlp_kernel``: :func:`prepare`) and owned by the engine. ``static_options`` maps a
-    static profile's name to the inductor options its build-time tuning kept (:func:`tune_options`). Static
-    profiles compile with their one-row reductions (the norms at batch 1) persistent: ``fusion.persistent_rows``.
+    The module is changed in place (projections fused, single tokens as GEMVs, single-query attention, the
+    MLPs switched: :func:`prepare`) and owned by the engine. ``static_options`` maps a static profile's name to
+    the inductor options its build-time tuning kept (:func:`tune_options`). Static profiles compile with their
+    one-row reductions (the norms at batch 1) persistent (``fusion.persistent_rows``) and, with ``mlp_kernel``,
+    a single token's MLP through generate's kernels (``fusion.mlp_kernels``); dynamic profiles with neither.
     """
 
     def __init__(self, wrapper: torch.nn.Module, profiles: ProfileSet, device: torch.device,
                  cuda_graphs: bool = True, static_options: dict[str, dict[str, Any]] | None = None,
                  mlp_kernel: bool = True):
         super().__init__(profiles, wrapper.model.config.vocab_size, device)
-        prepare(wrapper, mlp_kernel)
+        prepare(wrapper)
         self.wrapper = wrapper
         self.runners = []
         self.compile_counts = []  # per profile: COMPILE_COUNTERS over its compile and warm-up
         for i, name in enumerate(profiles.names):
             r = profiles.ranges(i)["input_ids"]
             t0, before = time.perf_counter(), compile_counts()
-            with fusion.persistent_rows(None if r.is_static else 0):  # a static profile compiles at its first call
+            # A static profile compiles at its first call, in here.
+            with fusion.persistent_rows(None if r.is_static else 0), fusion.mlp_kernels(r.is_static and mlp_kernel):
                 if r.is_static:
                     fn = compile_static(wrapper, (static_options or {}).get(name))
                     runner = StaticGraphRunner(fn, r.min, device) if cuda_graphs else DynamicRunner(fn)
@@ -572,8 +573,8 @@ TUNE_MAX_DIFF = 0.1
 
 def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...], device: torch.device,
                   max_diff: float = TUNE_MAX_DIFF) -> float:
-    """Max abs logit difference of a tuning attempt against the eager module (its MLPs in PyTorch), on two
-    fixed inputs.
+    """Max abs logit difference of a tuning attempt against the eager module (its MLPs in PyTorch: the MLP
+    kernels are checked too), on two fixed inputs.
 
     Raises ValueError past ``max_diff`` (relative to the largest reference logit when that exceeds 1),
     so :func:`pick_fastest` records the attempt as failed and never keeps it.
@@ -584,8 +585,7 @@ def check_attempt(runner: Callable, reference: Callable, shape: tuple[int, ...],
         ids = torch.randint(0, 1000, shape, generator=g).to(device)
         pos = torch.randint(0, 512, shape, generator=g).to(device)
         with torch.no_grad():
-            with fusion.mlp_in_pytorch():  # the MLP kernels are checked too
-                ref = reference(ids, pos).float()
+            ref = reference(ids, pos).float()  # eager, outside fusion.mlp_kernels: the MLPs in PyTorch
             got = runner(ids, pos).float()
         diff = (got - ref).abs().max().item()
         bound = max_diff * max(1.0, ref.abs().max().item())
@@ -661,13 +661,15 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     if ctx.device.type != "cuda":
         return [], {}
     runs = DEFAULT_TUNE_RUNS if tune_runs is None else tune_runs
-    from llmprofiles.generation.engine import check_mlp_kernel
+    checked = None  # only static profiles run the MLP kernels
+    if any(ctx.profiles.ranges(i)["input_ids"].is_static for i in range(len(ctx.profiles))):
+        from llmprofiles.generation.engine import check_mlp_kernel
 
-    with step("check the batch-1 MLP kernels against PyTorch, autotuning them"):
-        checked = check_mlp_kernel(ctx.wrapper.model, ctx.device)
-    print(f"     MLP kernels: {checked}", flush=True)
-    mlp_kernel = checked["use"] == "kernel"
-    prepare(ctx.wrapper, mlp_kernel)
+        with step("check the batch-1 MLP kernels against PyTorch, autotuning them"):
+            checked = check_mlp_kernel(ctx.wrapper.model, ctx.device)
+        print(f"     MLP kernels: {checked}", flush=True)
+    mlp_kernel = bool(checked) and checked["use"] == "kernel"
+    prepare(ctx.wrapper)
     tuning, kept = {}, {}  # per static profile: its record; its winner's (cache artifacts, launch configs)
     for i, name in enumerate(ctx.profiles.names):
         r = ctx.profiles.ranges(i)["input_ids"]
@@ -714,4 +716,4 @@ def build_compiled(ctx, step, tune_runs: int | None = None) -> tuple[list[str], 
     if pinned:
         (ctx.version_dir / KERNEL_CONFIGS).write_text(json.dumps(pinned, indent=1, sort_keys=True))
         written.append(KERNEL_CONFIGS)
-    return written, {"mlp_kernel": checked, **({"decode_tuning": tuning} if tuning else {})}
+    return written, {**({"mlp_kernel": checked} if checked else {}), **({"decode_tuning": tuning} if tuning else {})}

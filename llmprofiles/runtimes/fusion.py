@@ -127,25 +127,33 @@ def use_gemv(model: nn.Module) -> int:
 # --- the gated MLP as two matrix-vector kernels -----------------------------------
 
 
-_MLP_IN_PYTORCH = False  # set by mlp_in_pytorch
+_MLP_KERNELS = False  # set by mlp_kernels
 
 
 @contextlib.contextmanager
-def mlp_in_pytorch():
-    """Inside, the MLPs :func:`use_mlp_kernel` switched run their own PyTorch forward, eagerly: the reference a
-    build checks its compiled graphs against (compiled.check_attempt), so the kernels are checked too."""
-    global _MLP_IN_PYTORCH
-    before, _MLP_IN_PYTORCH = _MLP_IN_PYTORCH, True
+def mlp_kernels(on: bool = True):
+    """Inside (with ``on``), the MLPs :func:`use_mlp_kernel` switched compute a single token with the kernels; outside,
+    with their own forward. A compile bakes in the setting it was traced under, with no guard on it: a static
+    profile's compile (a CUDA graph) takes the kernels, a dynamic profile's keeps inductor's form. Each launch of
+    these kernels costs tens of microseconds of Python outside a CUDA graph, and llm_single's decode, served by
+    its dynamic profile, took 6.4 and 7.7 ms with them against 3.3-3.6 ms without (session 19)."""
+    global _MLP_KERNELS
+    before, _MLP_KERNELS = _MLP_KERNELS, on
     try:
         yield
     finally:
-        _MLP_IN_PYTORCH = before
+        _MLP_KERNELS = before
+
+
+@torch.compiler.assume_constant_result
+def _mlp_kernels_on() -> bool:
+    return _MLP_KERNELS
 
 
 def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     from llmprofiles.generation import mlp  # only where use_mlp_kernel switched an MLP
 
-    if not _MLP_IN_PYTORCH and x.numel() == x.shape[-1] and mlp.available(x.device):
+    if _mlp_kernels_on() and x.numel() == x.shape[-1] and mlp.available(x.device):
         return mlp.mlp_op(x, module.gate_proj.fused.weight, module.down_proj.weight)
     return type(module).forward(module, x)
 
@@ -153,8 +161,8 @@ def _kernel_mlp_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def use_mlp_kernel(model: nn.Module) -> int:
     """Every gated tanh-GELU MLP (Gemma's) whose gate and up are one fused projection (:func:`fuse_projections`)
     computes a single token with the generate engine's MLP kernels (``llmprofiles.generation.mlp``: gate and up
-    with the activation in one kernel, then down), where they can run; other inputs, and other devices, keep its
-    own forward. Returns how many MLPs were switched.
+    with the activation in one kernel, then down), under :func:`mlp_kernels` and where they can run; other inputs,
+    other devices, and calls outside :func:`mlp_kernels` keep its own forward. Returns how many MLPs were switched.
 
     Inductor inlines ``gelu(gate) * up`` into the down projection's reduction, so every program of that kernel
     recomputes the whole activation: ``llm``'s batch-1 step had the same 9 us kernel per layer as generate's had.
