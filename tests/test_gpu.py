@@ -53,6 +53,25 @@ def test_logits_match_eager_fp16(engine, eager, seq):
         assert got.argmax() == ref.argmax()
 
 
+def test_the_decode_graph_runs_the_mlp_kernels_and_prefill_does_not(engine):
+    """The static decode profile was compiled under fusion.mlp_kernels: its graph replays generate's matrix-vector
+    kernel (Triton's ``_gemv``) twice a layer. The dynamic prefill profile keeps inductor's MLP, even at [1, 1]."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layers = engine.wrapper.model.config.num_hidden_layers
+
+    def gemv_launches(index):
+        ids = torch.tensor([[7]])
+        engine.run(index, ids, default_position_ids(ids))  # warm
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.run(index, ids, default_position_ids(ids))
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if e.key.startswith("_gemv"))
+
+    assert gemv_launches(0) == 2 * layers
+    assert gemv_launches(1) == 0
+
+
 def test_replayed_graph_follows_new_inputs(engine, eager):
     outs = []
     for token in (3, 4):
