@@ -111,6 +111,9 @@ def test_report_shows_the_decode_split_when_measured():
     state["engine"]["decode_split"] = {"call_ms": {"p50": 1.6, "p99": 1.7}, "replay_ms": {"p50": 1.5, "p99": 1.55}}
     md = report(state)[0]
     assert "CUDA graph replay alone p50 1.500 ms" in md and "call p50 1.600 ms" in md
+    assert "idling" not in md  # older results did not measure it
+    state["engine"]["decode_split"]["engine_call_after_idle_ms"] = {"p50": 1.9, "p99": 2.2}
+    assert "after 2 ms of idling before each, as one client's requests arrive through Triton: p50 1.900 ms" in report(state)[0]
 
 
 def test_kernel_summary_counts_per_replay_by_kind_and_name():
