@@ -43,7 +43,7 @@ VARIANTS = {
     "fused+gemv": (True, True, False, False, NO_CDT),
     "fused+gemv+cdt": (True, True, False, False, CDT),
     "fused+gemv+sqa": (True, True, True, False, NO_CDT),
-    "fused+gemv+cdt+sqa": (True, True, True, False, CDT),  # what the engine ships
+    "fused+gemv+cdt+sqa": (True, True, True, False, CDT),  # what the engine shipped until session 19
     # Independent kernels (e.g. the q and k norms) launched as one.
     "fused+gemv+cdt+sqa+combo": (True, True, True, False, {**CDT, "combo_kernels": True}),
     # Longer pointwise chains (gelu(gate) * up) are stored once instead of recomputed by every program of the
@@ -64,7 +64,7 @@ VARIANTS = {
     # One-row reductions (the norms, 1,152 values for gemma-3-1b) kept in registers up to 4,096 values, where inductor
     # loops past 1,024 (fusion.PERSISTENT_ROWS: generate's norm kernels fell from 4.6 to 2.0 us, session 18).
     "fused+gemv+cdt+sqa+rows": (True, True, True, False, CDT, 4096),
-    "fused+gemv+cdt+sqa+mlp+rows": (True, True, True, True, CDT, 4096),
+    "fused+gemv+cdt+sqa+mlp+rows": (True, True, True, True, CDT, 4096),  # what the engine ships (with PDL if it wins)
 }
 
 
