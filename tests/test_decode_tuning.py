@@ -79,17 +79,21 @@ def test_build_refuses_zero_tune_runs_before_any_work(tmp_path):
 
 
 def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning(monkeypatch, tmp_path):
-    """The CUDA path's order, with the GPU parts faked: tune each static profile, load the winners, compile, save."""
+    """The CUDA path's order, with the GPU parts faked: check the MLP kernels, tune each static profile, load the
+    winners, compile, save. The kernels' check decides whether the tuning and the engine compile with them."""
+    from llmprofiles.generation import engine as generation_engine
+
     events = []
+    checked = {"use": "kernel", "max_rel_diff": 1e-3, "block_sizes": [{"n": 8, "k": 8, "gated": False}]}
 
     class FakeEngine:
-        def __init__(self, wrapper, profiles, device, static_options=None):
-            events.append(f"compile engine {static_options}")
+        def __init__(self, wrapper, profiles, device, static_options=None, mlp_kernel=True):
+            events.append(f"compile engine {static_options} mlp_kernel={mlp_kernel}")
             self.runners = [f"runner-{i}" for i in range(len(profiles))]
             self.compile_counts = [dict.fromkeys(compiled.COMPILE_COUNTERS, 0) for _ in profiles.names]
 
-    def fake_tune(wrapper, shape, device, runs):
-        events.append(f"tune {shape} x{runs}")
+    def fake_tune(wrapper, shape, device, runs, mlp_kernel):
+        events.append(f"tune {shape} x{runs} mlp_kernel={mlp_kernel}")
         return b"winner", {"ab/kernel.best_config": {"XBLOCK": 64}}, {
             "runs": runs, "attempts": [{"attempt": 0, "ms": 1.3}], "winner": 0, "winner_ms": 1.3, "spread": 0.0,
             "options": {"triton.enable_pdl": True}}
@@ -102,6 +106,7 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
             return False
 
     monkeypatch.setattr(compiled, "prepare", lambda wrapper: events.append("prepare"))
+    monkeypatch.setattr(generation_engine, "check_mlp_kernel", lambda hf, device: events.append("check") or checked)
     monkeypatch.setattr(compiled, "tune_static_profile", fake_tune)
     monkeypatch.setattr(compiled, "CompiledEngine", FakeEngine)
     monkeypatch.setattr(compiled, "replay_ms", lambda runner: 1.31)
@@ -114,15 +119,16 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     def step(what):
         return NoCache()
 
-    ctx = SimpleNamespace(device=torch.device("cuda"), wrapper=object(), profiles=PROFILE_SETS["multi"],
-                          version_dir=tmp_path)
+    ctx = SimpleNamespace(device=torch.device("cuda"), wrapper=SimpleNamespace(model=object()),
+                          profiles=PROFILE_SETS["multi"], version_dir=tmp_path)
     artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
     static = [n for i, n in enumerate(PROFILE_SETS["multi"].names) if PROFILE_SETS["multi"].ranges(i)["input_ids"].is_static]
     assert static == ["decode"]
-    assert (events.index("tune (1, 1) x2") < events.index("load b'winner'")
+    assert (events.index("check") < events.index("tune (1, 1) x2 mlp_kernel=True") < events.index("load b'winner'")
             < events.index("pin ['ab/kernel.best_config']")
             # the engine compiles the static profile with the options the tuning kept
-            < events.index("compile engine {'decode': {'triton.enable_pdl': True}}"))
+            < events.index("compile engine {'decode': {'triton.enable_pdl': True}} mlp_kernel=True"))
+    assert extra["mlp_kernel"] == checked  # the manifest's record, with the block sizes the server pins
     assert artifacts == [compiled.COMPILE_CACHE, compiled.KERNEL_CONFIGS]
     assert (tmp_path / compiled.COMPILE_CACHE).read_bytes() == b"all profiles"
     assert json.loads((tmp_path / compiled.KERNEL_CONFIGS).read_text()) == {"ab/kernel.best_config": {"XBLOCK": 64}}
@@ -131,10 +137,16 @@ def test_build_compiled_loads_the_winner_before_compiling_and_records_the_tuning
     # The engine's cache now holds another config for the pinned kernel: recorded as changed.
     assert record["final_configs"] == {"kept": 1, "same": 0, "changed": 1, "missing": 0}
 
-    events.clear()  # the single-profile set has no static profile: nothing to tune, no record
+    events.clear()  # kernels the check refused: the tuning and the engine compile without them
+    checked = {"use": "pytorch", "reason": "outputs differ"}
+    artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
+    assert "tune (1, 1) x2 mlp_kernel=False" in events and extra["mlp_kernel"] == checked
+    assert "compile engine {'decode': {'triton.enable_pdl': True}} mlp_kernel=False" in events
+
+    events.clear()  # the single-profile set has no static profile: nothing to check or tune, no record
     ctx.profiles = PROFILE_SETS["single"]
     artifacts, extra = compiled.build_compiled(ctx, step, tune_runs=2)
-    assert not any(e.startswith("tune") for e in events) and extra == {}
+    assert not any(e.startswith(("tune", "check")) for e in events) and extra == {}
 
 
 def test_tuning_cycles_the_option_variants_and_keeps_the_fastest_correct_attempt(monkeypatch):
@@ -143,7 +155,7 @@ def test_tuning_cycles_the_option_variants_and_keeps_the_fastest_correct_attempt
     compiles, times, diffs = [], iter([1.1, 1.3, 1.2]), iter([0.01, 0.02, 5.0, 0.01])
 
     class FakeEngine:
-        def __init__(self, wrapper, profiles, device, static_options=None):
+        def __init__(self, wrapper, profiles, device, static_options=None, mlp_kernel=True):
             compiles.append(static_options)
             self.runners = ["runner"]
 
