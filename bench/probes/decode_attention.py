@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.probes.step_kernels import captured, event_ms  # noqa: E402
 from llmprofiles.generation import attention  # noqa: E402
 
 LAYERS, SLOTS, CTX, H, KVH, D = 26, 64, 2048, 4, 1, 256
@@ -48,26 +49,7 @@ def matmuls(q, k_pool, v_pool, slots, positions, kv_len: int, scale: float):
 
 
 def per_layer_us(step, replays: int = 50) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / LAYERS)
-    return sorted(times)[len(times) // 2]
+    return event_ms(captured(step).replay, replays) * 1e3 / LAYERS
 
 
 def main() -> None:

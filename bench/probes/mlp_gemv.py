@@ -25,24 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.probes.step_kernels import event_ms
+from bench.probes.step_kernels import captured, event_ms
 from llmprofiles.generation import mlp
 
 
 def graph_us(run, iters: int, reps: int) -> float:
-    """Microseconds per ``run()``: ``reps`` calls captured in one CUDA graph (after warm-up calls, where anything
-    compiles or autotunes), its replay timed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            run()
-    return event_ms(graph.replay, iters) * 1000 / reps
+    """Microseconds per ``run()``: ``reps`` calls captured in one CUDA graph, its replay timed."""
+    return event_ms(captured(run, reps).replay, iters) * 1000 / reps
 
 
 def main() -> None:

@@ -71,16 +71,25 @@ def kernel_table(run, iters: int) -> dict:
 
 def replay_ms(engine, x: StepInputs, kv_len: int, iters: int) -> float:
     """Median CUDA-event time of the step captured as one graph over ``x``."""
-    graph = torch.cuda.CUDAGraph()
     with torch.inference_mode():
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            engine._forward(x, kv_len)
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.cuda.graph(graph):
-            engine._forward(x, kv_len)
+        graph = captured(lambda: engine._forward(x, kv_len), warm=1)
     return event_ms(graph.replay, iters)
+
+
+def captured(run, reps: int = 1, warm: int = 3) -> torch.cuda.CUDAGraph:
+    """``reps`` calls of ``run()`` captured as one CUDA graph, after ``warm`` calls on a side stream (where anything
+    compiles, autotunes or allocates)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warm):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            run()
+    return graph
 
 
 def event_ms(run, iters: int) -> float:
