@@ -1,0 +1,20 @@
+# One GPU, call C (about 9.5 min, CALL_S=580), within 30 s of llm-gen-1gpu-b.sh (which built generate): the
+# generate load run alone on the GPU (300 s at concurrency 64, every 10th request cancelled; memory is read for the
+# whole GPU), then generate's GPU tests again if call B's did not all pass, else the kernels' GPU tests and the
+# matrix-vector probe.
+source bench/gpu/env.sh
+export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
+tmo 420 make bench-generate PY=python3 BENCH_ARGS="--phase load --state $GEN_STATE --server-pythonpath /tmp/np1 --load-seconds ${LOAD_S:-300} --port-base 18800" \
+  > "$LOG/gen_load.log" 2>&1; el load rc=$?
+cp bench/tmp/generate/server.log "$LOG/server_load.log" 2>/dev/null
+if ! tail -n 1 "$LOG/gpu_tests_generate.log" | grep -q ' passed' || tail -n 1 "$LOG/gpu_tests_generate.log" | grep -q -E 'failed|error'; then
+  mv "$LOG/gpu_tests_generate.log" "$LOG/gpu_tests_generate_b.log" 2>/dev/null
+  tmo 400 python3 -m pytest -v -p no:cacheprovider tests/test_generation_gpu.py > "$LOG/gpu_tests_generate.log" 2>&1
+  el generate GPU tests again rc=$?
+else
+  tmo 150 python3 -m pytest -v -p no:cacheprovider tests/test_mlp_kernel.py tests/test_decode_attention.py \
+    > "$LOG/gpu_tests_kernels.log" 2>&1; el kernel GPU tests rc=$?
+  tmo 90 python3 -m bench.probes.mlp_gemv --extra-configs 2x2048x4,2x2048x8,4x1024x4,4x1024x8 --out bench/tmp/mlp_gemv.json \
+    > "$LOG/mlp_gemv.log" 2>&1; el matrix-vector probe rc=$?
+fi
+finish
