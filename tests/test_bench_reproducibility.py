@@ -77,9 +77,29 @@ def test_one_build_is_no_spread_and_a_relabelled_build_is_flagged():
     state = engine_state(1.5, 1.0)
     state["builds"] = {"1": build(1.4, 4.5, "a")}
     md = report(state)[0]
-    assert verdicts(md)["decode over fresh builds: spread (max-min)/median <= 10%"] == "not measured (one build)"
+    assert verdicts(md)["decode over fresh builds: spread (max-min)/median <= 10%"] == "not measured (one multi and one single build)"
     state["builds"]["2"] = build(1.41, 4.5, "a")  # the same build measured twice
-    assert "**Builds 1, 2 have the same multi build (content hash): not fresh builds.**" in report(state)[0]
+    assert "**Runs 1, 2 measured the same multi build (content hash): not fresh builds of it;" in report(state)[0]
+
+
+def test_a_multi_build_measured_beside_two_fresh_single_builds_counts_once():
+    """Session 20: llm_single rebuilt from scratch, llm kept; each run measured both side by side."""
+    shared = {"1": build(0.972, 5.880, "a"), "2": build(0.932, 3.652, "a")}
+    shared["2"]["single_content_hash"] = "other"
+    st = build_stats(shared)
+    assert st["multi"]["n"] == 1 and st["multi"]["median_ms"] == pytest.approx(0.952)
+    assert st["single"]["n"] == 2 and st["single"]["spread"] == pytest.approx((5.880 - 3.652) / 4.766)
+    assert st["ratio"] == pytest.approx((5.880 / 0.972 + 3.652 / 0.932) / 2)
+    state = engine_state(1.5, 1.0)
+    state["builds"] = shared
+    md = report(state)[0]
+    v = verdicts(md)
+    assert "0.952 ms (median of 1 fresh build)" in md
+    assert v["decode on the engine alone <= 1.0 ms (median)"] == "met"
+    assert v["decode over fresh builds: spread (max-min)/median <= 10%"] == "MISSED"  # the single builds' 46.7%
+    assert "multi: one build; single 46.7% over 2 builds (5.880, 3.652 ms)" in md
+    shared["2"]["decode"]["single"]["median_ms"] = 5.7
+    assert verdicts(report(state)[0])["decode over fresh builds: spread (max-min)/median <= 10%"] == "not measured (one multi build)"
 
 
 def first_request_state(first: dict) -> dict:

@@ -7,7 +7,10 @@ block size in ``mlp.CONFIGS`` (and ``--extra-configs``, block sizes the autotune
 directly, ``--reps`` launches back to back captured in one CUDA graph, and the graph's replay timed with CUDA
 events (median of ``--iters`` after a warm-up, divided by ``--reps``), as microseconds and the weights' bytes per
 second. Timed one launch at a time, each took about 31 us, cuBLAS 22 us, whatever the block size (session 19): the
-host's launch, not the kernel; in the batch-1 step they replay from a CUDA graph too. Beside them, in the same process: cuBLAS (``F.linear``) and inductor's
+host's launch, not the kernel; in the batch-1 step they replay from a CUDA graph too. Each launch reads its own
+copy of the weight, cycling over ``--cold-mib`` of copies: a weight read again while still in L2 (50 MB on the H200;
+gate/up is 32 MB) was timed above HBM's peak, 5.7 TB/s (session 20), which the step, streaming 2 GB of distinct
+weights, never sees. Beside them, in the same process: cuBLAS (``F.linear``) and inductor's
 multiply-and-reduce form compiled with coordinate descent (the batch-1 step's form without the kernels). Where the four kernels run at about 2.5 TB/s in the step (session
 18's kernel table), this shows which block size gets nearer the 4.8 TB/s of HBM, and what the autotuner picked.
 
@@ -19,6 +22,7 @@ Run on the GPU machine; ends with one JSON line::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -34,6 +38,11 @@ def graph_us(run, iters: int, reps: int) -> float:
     return event_ms(captured(run, reps).replay, iters) * 1000 / reps
 
 
+def cold_copies(w: torch.Tensor, cold_bytes: int) -> list[torch.Tensor]:
+    """``w`` and copies of it, together at least ``cold_bytes``: launches that cycle over them read each from HBM."""
+    return [w] + [w.clone() for _ in range(-(-cold_bytes // (w.numel() * w.element_size())) - 1)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=1152)
@@ -42,7 +51,9 @@ def main() -> None:
     p.add_argument("--attn", type=int, default=1024, help="output projection's columns (heads x head_dim)")
     p.add_argument("--extra-configs", default="", help='more block sizes to time, e.g. "2x2048x4,4x1024x8" (rows x columns x warps)')
     p.add_argument("--iters", type=int, default=200, help="timed replays of each graph")
-    p.add_argument("--reps", type=int, default=20, help="launches captured in each graph")
+    p.add_argument("--reps", type=int, default=20, help="launches captured in each graph (at least one per copy)")
+    p.add_argument("--cold-mib", type=int, default=256,
+                   help="copies of each weight, cycled launch by launch, to this many MiB (0: one copy, read from L2)")
     p.add_argument("--out", type=Path, default=Path("bench/tmp/mlp_gemv.json"))
     a = p.parse_args()
     if not torch.cuda.is_available() or not mlp.available(torch.device("cuda")):
@@ -70,17 +81,24 @@ def main() -> None:
     for kernel, x, w, gated in (("gate_up", h, gate_up, True), ("down", act, down, False), ("qkv", h, qkv, False),
                                 ("o", attn, o, False)):
         nbytes = w.numel() * w.element_size()
+        copies = cold_copies(w, a.cold_mib << 20)
+        reps = max(a.reps, len(copies))
+
+        def timed(form: str, call) -> None:
+            ws = itertools.cycle(copies)
+            row(kernel, form, graph_us(lambda: call(next(ws)), a.iters, reps), nbytes)
+
         for config in [*mlp.CONFIGS, *extra]:
             mlp.FIXED = config
-            row(kernel, "block %d x %d, %d warps" % config, graph_us(lambda: mlp.gemv(x, w, gated), a.iters, a.reps),
-                nbytes)
+            timed("block %d x %d, %d warps" % config, lambda w: mlp.gemv(x, w, gated))
         mlp.FIXED = None
-        row(kernel, "cuBLAS (F.linear)", graph_us(lambda: F.linear(x, w), a.iters, a.reps), nbytes)
+        timed("cuBLAS (F.linear)", lambda w: F.linear(x, w))
         reduce = torch.compile(lambda x, w: (x.reshape(1, -1) * w).sum(-1), fullgraph=True, dynamic=False,
                                options={"coordinate_descent_tuning": True})
-        row(kernel, "inductor multiply-and-reduce", graph_us(lambda: reduce(x, w), a.iters, a.reps), nbytes)
+        timed("inductor multiply-and-reduce", lambda w: reduce(x, w))
+        del copies
     summary = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "hidden": a.hidden,
-               "inter": a.inter, "qkv": a.qkv, "attn": a.attn, "autotuner_picked": picked, "rows": rows}
+               "inter": a.inter, "qkv": a.qkv, "attn": a.attn, "cold_mib": a.cold_mib, "autotuner_picked": picked, "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
