@@ -1,7 +1,7 @@
-# One GPU, call C (about 9.5 min, CALL_S=580), within 30 s of llm-gen-1gpu-b.sh (which built generate): the
-# generate load run alone on the GPU (300 s at concurrency 64, every 10th request cancelled; memory is read for the
-# whole GPU), then generate's GPU tests again if call B's did not all pass, else the kernels' GPU tests and the
-# matrix-vector probe.
+# One GPU (nvidia-h200), about 9.5 min (CALL_S=580), within 30 s of gen-1gpu-a.sh (which builds generate from
+# scratch and measures it): the generate load run alone on the GPU (300 s at concurrency 64, every 10th request
+# cancelled; memory is read for the whole GPU, so nothing else runs beside it), then generate's GPU tests if no
+# earlier call of this machine passed them all, else the kernels' GPU tests and the matrix-vector probe.
 source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
 tmo 420 make bench-generate PY=python3 BENCH_ARGS="--phase load --state $GEN_STATE --server-pythonpath /tmp/np1 --load-seconds ${LOAD_S:-300} --port-base 18800" \
