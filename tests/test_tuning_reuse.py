@@ -65,3 +65,35 @@ def test_the_engine_static_compile_is_a_cache_hit_on_the_kept_attempt(wrapper, m
     with torch.no_grad():
         ref = wrapper(ids, models.default_position_ids(ids))
     torch.testing.assert_close(engine.run(0, ids, models.default_position_ids(ids)), ref)
+
+
+def test_a_loaded_build_compiles_from_a_cache_dir_of_its_own(wrapper, monkeypatch, tmp_path):
+    """load_compiled on CUDA: the build's artifacts go into ``<cache dir>/loaded/<content hash>``, and the engine's
+    compile hits them there. Two builds of one model share cache keys, so in one shared dir a lookup could take
+    another build's entry (compiled.build_cache_dir)."""
+    import os
+
+    from torch._inductor.utils import clear_inductor_caches
+
+    monkeypatch.setattr(compiled, "replay_ms", lambda runner, replays=0: 1.0)
+    artifacts, _, _ = compiled.tune_static_profile(wrapper, DECODE.min, torch.device("cpu"), 1)
+    torch._dynamo.reset()
+    compiled.clear_recorded_artifacts()
+    clear_inductor_caches()  # nothing in memory: the compile below must find the artifacts on disk
+    base = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(base))
+    with compiled.build_cache_dir({"content_hash": "0123456789abcdef0123"}) as own:
+        assert own == base / "loaded" / "0123456789abcdef" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(own)
+        torch.compiler.load_cache_artifacts(artifacts)
+        counters.clear()
+        compiled.CompiledEngine(wrapper, DECODE_ONLY, torch.device("cpu"))
+        inductor = dict(counters["inductor"])
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(base)  # restored
+    assert inductor.get("fxgraph_cache_hit") == 1 and not inductor.get("fxgraph_cache_miss"), inductor
+    assert any((own / "fxgraph").rglob("*")), "the artifacts were not loaded into the build's own dir"
+    assert not (base / "fxgraph").exists(), "the shared dir received the build's graphs"
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # unset before: unset after (inductor sets its default itself)
+    with compiled.build_cache_dir({}) as unversioned:
+        assert unversioned.name == "unversioned"
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ

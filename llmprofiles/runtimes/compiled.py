@@ -294,8 +294,49 @@ def wrapper_from_artifacts(version_dir: Path, manifest: dict[str, Any], device: 
     return wrapper.to(device).eval()
 
 
+LOADED_CACHES = "loaded"  # under the inductor cache dir: one cache dir per build loaded on CUDA
+
+
+@contextmanager
+def build_cache_dir(manifest: dict[str, Any]):
+    """The inductor cache dir of this build alone (``<cache dir>/loaded/<content hash>``) while it loads and compiles.
+
+    Two builds of one model compile the same graphs under the same cache keys, and a lookup takes the first entry of
+    a key whose guards fit, in file-name order, not the newest. Loaded into one shared cache dir, a rebuilt engine
+    could therefore run the kernels of a build loaded there before it (session 20 loaded two fresh ``llm_single``
+    builds into one dir, one after the other). The build's own final compile runs in an empty cache for the same
+    reason. The previous setting is restored on exit; a compile after that (none is expected) starts cold, in the
+    shared dir, where no build's artifacts are loaded.
+    """
+    from torch._inductor.runtime.runtime_utils import cache_dir
+
+    key = "TORCHINDUCTOR_CACHE_DIR"
+    before = os.environ.get(key)
+    own = Path(cache_dir()) / LOADED_CACHES / str(manifest.get("content_hash", "unversioned"))[:16]
+    own.mkdir(parents=True, exist_ok=True)
+    os.environ[key] = str(own)
+    try:
+        yield own
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> CompiledEngine:
-    """Rebuild the module from weights + config and compile its profiles (warm from the saved cache)."""
+    """Rebuild the module from weights + config and compile its profiles (warm from the saved cache).
+
+    On CUDA the build's artifacts load into a cache dir of this build's own (:func:`build_cache_dir`).
+    """
+    if device.type != "cuda":
+        return _load_compiled(version_dir, manifest, device)
+    with build_cache_dir(manifest) as own:
+        log.info("inductor cache of this build: %s", own)
+        return _load_compiled(version_dir, manifest, device)
+
+
+def _load_compiled(version_dir: Path, manifest: dict[str, Any], device: torch.device) -> CompiledEngine:
     cache = version_dir / COMPILE_CACHE
     if cache.is_file() and device.type == "cuda":
         t0 = time.perf_counter()
