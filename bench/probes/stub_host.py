@@ -107,8 +107,8 @@ def main() -> None:
             client = grpc.InferenceServerClient(f"127.0.0.1:{a.port_base + 1}")
             x = grpc.InferInput("x", [1], "INT32")
             x.set_data_from_numpy(np.zeros(1, dtype=np.int32))
-            # The plain side runs in a process of its own: this one holds the gRPC client's threads, which took
-            # the GIL often enough to double its loops' times (session 20, CPU).
+            # The plain side runs in a process of its own, as the stub does: this one holds the gRPC client's
+            # threads (measured here, beside them, the loops once took 2.3x the stub's, on a busy CPU machine).
             worker = subprocess.Popen([sys.executable, "-m", "bench.probes.stub_host", "--worker", device], cwd=root,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             stub, here = [], []
