@@ -754,17 +754,18 @@ def targets(state: dict) -> list[list[str]]:
         row("decode on the engine alone <= 1.0 ms (median)",
             f"{st['multi']['median_ms']:.3f} ms (median of {n} fresh build{'s' if n > 1 else ''})",
             st["multi"]["median_ms"] <= 1.0)
-        spreads = {key: st[key] for key in ("multi", "single") if st[key]["n"] > 1}
+        engines = ("multi", "single")
         measured = "; ".join(
-            f"{key} {s['spread']:.1%} over {s['n']} builds ({', '.join(f'{v:.3f}' for v in s['values'])} ms)"
-            if s["n"] > 1 else f"{key}: one build" for key, s in ((k, st[k]) for k in ("multi", "single")))
-        single_build = [key for key in ("multi", "single") if key not in spreads]
-        if any(s["spread"] > 0.10 for s in spreads.values()) or not single_build:
-            row("decode over fresh builds: spread (max-min)/median <= 10%", measured,
-                all(s["spread"] <= 0.10 for s in spreads.values()))
+            f"{key} {st[key]['spread']:.1%} over {st[key]['n']} builds "
+            f"({', '.join(f'{v:.3f}' for v in st[key]['values'])} ms)" if st[key]["n"] > 1 else f"{key}: one build"
+            for key in engines)
+        spreads = [st[key]["spread"] for key in engines if st[key]["n"] > 1]
+        one_build = [key for key in engines if st[key]["n"] < 2]
+        if any(x > 0.10 for x in spreads) or not one_build:
+            row("decode over fresh builds: spread (max-min)/median <= 10%", measured, all(x <= 0.10 for x in spreads))
         else:  # a spread within 10% for one engine says nothing of the other's
             rows.append(["decode over fresh builds: spread (max-min)/median <= 10%", measured,
-                         f"not measured (one {' and one '.join(single_build)} build)"])
+                         f"not measured (one {' and one '.join(one_build)} build)"])
     if eng:
         lat = eng["latency"]
         d = lat["decode@1"]

@@ -135,8 +135,10 @@ def mlp_kernels(on: bool = True):
     """Inside (with ``on``), the MLPs :func:`use_mlp_kernel` switched compute a single token with the kernels; outside,
     with their own forward. A compile bakes in the setting it was traced under, with no guard on it: a static
     profile's compile (a CUDA graph) takes the kernels, a dynamic profile's keeps inductor's form. Each launch of
-    these kernels costs tens of microseconds of Python outside a CUDA graph, and llm_single's decode, served by
-    its dynamic profile, took 6.4 and 7.7 ms with them against 3.3-3.6 ms without (session 19)."""
+    these kernels costs tens of microseconds of Python outside a CUDA graph (about 31 us, session 19's probe).
+    llm_single's decode, served by its dynamic profile, took 6.4 and 7.7 ms with them (session 19) and 5.9 and
+    3.7 ms without (session 20, two fresh builds): its builds vary too, so how much the kernels cost it there
+    was not measured side by side."""
     global _MLP_KERNELS
     before, _MLP_KERNELS = _MLP_KERNELS, on
     try:
