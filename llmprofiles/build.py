@@ -133,7 +133,7 @@ def warmup_config(profiles: ProfileSet) -> str:
 
 def build(source: str, profile_set: str, runtime: str, device: str, dtype: str, model_dir: Path, force: bool = False,
           tune_runs: int | None = None) -> dict:
-    """``tune_runs``: compiles per static profile on CUDA, the fastest kept (None: the runtime's default, 3)."""
+    """``tune_runs``: compiles per static profile on CUDA, the fastest kept (None: the runtime's default, compiled.DEFAULT_TUNE_RUNS)."""
     profiles = PROFILE_SETS[profile_set]
     device_t = torch.device(device)
     if tune_runs is not None and tune_runs < 1:

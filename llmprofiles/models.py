@@ -7,6 +7,7 @@ real weights from a local Hugging Face directory instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 
@@ -64,18 +65,37 @@ def load_model(source: str, dtype: torch.dtype, device: str | torch.device = "cp
     from transformers import AutoModelForCausalLM, Gemma3ForCausalLM
 
     if source in PRESETS:
-        torch.manual_seed(SEED)
-        model = Gemma3ForCausalLM(preset_config(source))
+        with skipped_init():
+            model = Gemma3ForCausalLM(preset_config(source))
+        model.tie_weights()  # part of the init skipped: lm_head is the embedding again
         # Random init gives huge logit ranges in low precision; keep them tame
-        # so fp16 comparisons against eager stay meaningful.
+        # so fp16 comparisons against eager stay meaningful. Every matrix is drawn
+        # here, on the CPU, so a preset has the same weights on every device; the
+        # norms' weights are zeros (Gemma's norm scales by 1 + weight), as HF's init
+        # leaves them.
+        torch.manual_seed(SEED)
         with torch.no_grad():
             for p in model.parameters():
                 if p.dim() >= 2:
                     p.normal_(0.0, 0.02)
+                else:
+                    p.zero_()
     else:
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype)
     model.config.use_cache = False
     return model.to(device=device, dtype=dtype).eval()
+
+
+def skipped_init():
+    """A context in which a model is built without drawing its initial weights (torch's and HF's), which
+    :func:`load_model` overwrites anyway: gemma-3-1b then builds in seconds, where the two draws over its
+    billion parameters took ~20 s of each load (bench/NOTES.md, session 21). A no-op on a transformers
+    without ``initialization.no_init_weights``."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 class LastTokenLM(nn.Module):

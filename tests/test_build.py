@@ -103,3 +103,26 @@ def test_generate_build_prefill_batches_default_by_device(monkeypatch, tmp_path,
     monkeypatch.setattr(gen_build, "build_generate", lambda source, spec, *a: seen.setdefault("spec", spec))
     gen_build.main(["--model", "tiny", "--out", str(tmp_path / "generate"), *argv])
     assert seen["spec"].prefill_batches == batches
+
+
+def test_a_preset_built_without_the_initial_draws_is_the_model_hf_builds():
+    """load_model skips torch's and HF's initial weight draws (models.skipped_init) and draws every matrix itself:
+    the result must still be the model HF builds, tied embedding, norm weights and rotary buffers included, and
+    the same weights on every load."""
+    from transformers import Gemma3ForCausalLM
+
+    from llmprofiles.models import preset_config
+
+    model = load_model("tiny", torch.float32)
+    hf = Gemma3ForCausalLM(preset_config("tiny"))  # HF's own init, as load_model did before session 21
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in hf.named_parameters()]
+    for (name, ours), (_, theirs) in zip(model.named_parameters(), hf.named_parameters()):
+        if ours.dim() < 2:
+            assert torch.equal(ours, theirs), name
+        else:
+            assert abs(ours.std().item() - 0.02) < 0.002 and abs(ours.mean().item()) < 0.002, name
+    for (name, ours), (_, theirs) in zip(model.named_buffers(), hf.named_buffers()):
+        assert torch.equal(ours, theirs), name
+    again = load_model("tiny", torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

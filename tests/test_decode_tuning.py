@@ -382,7 +382,7 @@ def test_pdl_is_tried_only_where_its_probe_passes(monkeypatch):
     monkeypatch.setattr(compiled.subprocess, "run", fake_run)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     rc = 0
-    assert compiled.tune_variants(torch.device("cuda")) == compiled.TUNE_VARIANTS
+    assert compiled.tune_variants(torch.device("cuda")) == (compiled.PDL,)  # no compile without PDL where it works
     rc = 1
     assert compiled.tune_variants(torch.device("cuda:1")) == ({},)
     assert runs == [(["-m", "llmprofiles.runtimes.pdl_probe"], None), (["-m", "llmprofiles.runtimes.pdl_probe"], "1")]

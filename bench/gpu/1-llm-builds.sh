@@ -4,7 +4,7 @@
 source bench/gpu/env.sh
 { nvidia-smi -L; nproc; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())'; } > "$LOG/machine.log" 2>&1
 rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude="./$CARRY" -cf - . | tar -xf - -C .w2
-B="PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 TUNE_RUNS=${TUNE_RUNS:-3} BUILD_MODELS=llm"
+B="PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 TUNE_RUNS=${TUNE_RUNS:-2} BUILD_MODELS=llm"
 (CUDA_VISIBLE_DEVICES=0 tmo 560 make build $B > "$LOG/b1_llm.log" 2>&1; echo "rc=$?" >> "$LOG/b1_llm.log"; el build 1) & P0=$!
 (cd .w2 && CUDA_VISIBLE_DEVICES=1 tmo 560 make build $B > "$LOG/b2_llm.log" 2>&1; echo "rc=$?" >> "$LOG/b2_llm.log"; el build 2) & P1=$!
 wait $P0 $P1; finish

@@ -4,7 +4,7 @@
 # phase (sweep 1/8/32/64 with client/generate.py and perf_analyzer) with GEN=1, after bench/gpu/gen-1 and gen-2. Nothing compiles beside the Triton phases
 # (llm's GPU tests run in call 4): session 6's first llm decode overlapped such a compile.
 source bench/gpu/env.sh
-T="TUNE_RUNS=${TUNE_RUNS:-3}"
+T="TUNE_RUNS=${TUNE_RUNS:-2}"
 rm -f bench/tmp/decodes.done
 (export CUDA_VISIBLE_DEVICES=0
  tmo 150 make bench PY=python3 $T BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 1 --decode-only" > "$LOG/decode_b1.log" 2>&1; el decode of build 1 rc=$?

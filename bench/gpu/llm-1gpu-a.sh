@@ -7,8 +7,8 @@ source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./bench/tmp --exclude="./$CARRY" \
   --exclude=./model_repository/llm/1 --exclude=./model_repository/llm_single/1 --exclude=./model_repository/generate/1 -cf - . | tar -xf - -C .w2
-tmo 420 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 TUNE_RUNS=${TUNE_RUNS:-3} BUILD_MODELS="llm llm_single" \
+tmo 420 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 TUNE_RUNS=${TUNE_RUNS:-2} BUILD_MODELS="llm llm_single" \
   > "$LOG/b1_llm.log" 2>&1; el build 1 rc=$?
-tmo 170 make bench PY=python3 TUNE_RUNS=${TUNE_RUNS:-3} BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 1" \
+tmo 170 make bench PY=python3 TUNE_RUNS=${TUNE_RUNS:-2} BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 1" \
   > "$LOG/llm_engine.log" 2>&1; el llm engine phase rc=$?
 finish

@@ -4,7 +4,7 @@
 # (bench/probes/stub_host.py, about 30 s). Also call 4 of llm-rec-1..3.sh (CALL_S=590).
 source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
-T="TUNE_RUNS=${TUNE_RUNS:-3}"
+T="TUNE_RUNS=${TUNE_RUNS:-2}"
 mkdir -p .w2/bench/tmp && cp bench/tmp/state.json .w2/bench/tmp/
 (cd .w2 && tmo 150 make bench PY=python3 $T BUILD_MODELS="llm llm_single" BENCH_ARGS="--phase engine --build-label 2 --decode-only" \
   > "$LOG/decode_b2.log" 2>&1); el decode of build 2 rc=$?

@@ -3,7 +3,7 @@
 # then the full engine phase of build 1 (llm build 1 beside llm_single build 1) into bench/tmp/state.json.
 source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
-T="TUNE_RUNS=${TUNE_RUNS:-3}"
+T="TUNE_RUNS=${TUNE_RUNS:-2}"
 TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-single tmo 220 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T \
   BUILD_MODELS=llm_single > "$LOG/b1_single.log" 2>&1; el llm_single build 1 rc=$?
 (cd .w2 && TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-single tmo 220 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda \

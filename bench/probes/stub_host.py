@@ -28,8 +28,9 @@ import torch
 LOOPS = ("python_loop_ns", "torch_cpu_op_us", "cuda_launch_us", "cuda_launch_sync_us")
 MODEL = '''import sys
 sys.path.insert(0, {root!r})
-import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import to_dlpack
 from bench.probes.stub_host import host_work
 
 
@@ -38,8 +39,10 @@ class TritonPythonModel:
         self.device = "cuda:0" if args["model_instance_kind"] == "GPU" else "cpu"
 
     def execute(self, requests):
-        return [pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("times", np.array(host_work(self.device), dtype=np.float64))]) for _ in requests]
+        # Through DLPack, as the llm models send theirs: on the GPU machine the stub was built against numpy 1 and
+        # the serving Python has numpy 2, and a numpy output came back empty there (session 21).
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor.from_dlpack(
+            "times", to_dlpack(torch.tensor(host_work(self.device), dtype=torch.float64)))]) for _ in requests]
 '''
 CONFIG = '''backend: "python"
 max_batch_size: 0

@@ -121,18 +121,21 @@ STATIC_OPTIONS = {"max_autotune": True, "coordinate_descent_tuning": True, "trit
 # Programmatic dependent launch (Hopper and later): each kernel lets the next one start launching once
 # its own loads are done, and the next one waits for it (griddepcontrol) before reading what it wrote.
 # The decode graph is 212 small kernels with a launch ramp each (issue 12). Inductor leaves matmul
-# templates without it. On the H200 a PDL compile won both fresh builds: kept replays 0.990 and 0.998 ms,
-# the compiles without PDL 1.270 and 1.209 ms (bench/NOTES.md, session 9).
+# templates without it. On the H200 the compile without PDL lost in each of seven fresh builds, by 15-28%
+# to the kept PDL compile: 1.270 / 1.209 / 1.144 / 1.098 / 1.044 / 1.034 / 1.004 ms against
+# 0.990 / 0.998 / 0.991 / 0.953 / 0.870 / 0.886 / 0.871 (bench/NOTES.md, sessions 9, 10, 19 and 20). Where
+# PDL works it is therefore the only option set tried, and the defaults are the fallback. A PDL compile can
+# come out slow too (1.479 and 1.196 ms in sessions 9 and 10), which is why DEFAULT_TUNE_RUNS is two.
 PDL = {"triton.enable_pdl": True}
-TUNE_VARIANTS = (PDL, {})
+TUNE_VARIANTS = (PDL,)
 
 
 def tune_variants(device: torch.device) -> tuple[dict[str, Any], ...]:
-    """The option sets tried for ``device``: PDL only where its probe (``pdl_probe``) passes."""
+    """The option sets tried for ``device``: PDL where its probe (``pdl_probe``) passes, else the defaults."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
         return ({},)
     if not pdl_works(device):
-        return tuple(v for v in TUNE_VARIANTS if v != PDL) or ({},)
+        return ({},)
     return TUNE_VARIANTS
 
 
@@ -364,8 +367,9 @@ def tune_options(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: dict(t["options"]) for name, t in (manifest.get("decode_tuning") or {}).items() if t.get("options")}
 
 
-# Build-time tuning of static profiles: compiles per profile, and replays timed per compile.
-DEFAULT_TUNE_RUNS = 3
+# Build-time tuning of static profiles: compiles per profile, and replays timed per compile. Two: the two PDL
+# compiles that TUNE_RUNS=3 made when every second attempt was a compile without PDL (session 21).
+DEFAULT_TUNE_RUNS = 2
 TUNE_REPLAYS = 200
 WARM_S = 0.5
 KERNEL_CONFIGS = "kernel_configs.json"
