@@ -1,7 +1,8 @@
-# Issue 12's run of record on one GPU (nvidia-h200), call 1 of 4 (CALL_S=560; 255-430 s of build): a copy of the
+# Issue 12's run of record on one GPU (nvidia-h200), call 1 of 4 (CALL_S=560; 210-370 s of build): a copy of the
 # tree without build outputs into .w2 (build 2's, call 3), then llm built from scratch (build 1). Fire each next
 # call within 30 s of the last one's end: an idle machine is given back, and the builds with it. Sized on session
-# 20's step times (bench/NOTES.md): a slow machine needs about 1,850 s for the four, a fast one about 1,550 s.
+# 20's step times (bench/NOTES.md) less session 21's savings (two decode compiles, not three; 12 s less per model
+# load): a slow machine needs about 1,700 s for the four, a fast one about 1,400 s. Not yet run.
 source bench/gpu/env.sh
 { nvidia-smi -L; nproc; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.device_count())'; } > "$LOG/machine.log" 2>&1
 export CUDA_VISIBLE_DEVICES=0
