@@ -1,0 +1,18 @@
+# Issue 12's run of record on one GPU (nvidia-h200) in about 1,600 s, as calls that wait on one background
+# pipeline (bench/gpu/llm-rec-pipeline.sh, see its header). The first call starts it; each later call, fired
+# within 30 s of the last, waits until it is done or the call's time is up, and packs what is there. With
+# CONTINUE=1 a call starts nothing: a machine that went cold between calls holds no pipeline, and the call
+# returns at once instead of building again.
+#   CALL_S=580 bash bench/gpu/llm-rec-bg.sh               # call 1
+#   CONTINUE=1 CALL_S=580 bash bench/gpu/llm-rec-bg.sh    # calls 2, 3, ... until steps.txt shows the Triton phase
+source bench/gpu/env.sh
+P=bench/tmp/pipeline
+if [ ! -f $P.pid ]; then
+  if [ -n "${CONTINUE:-}" ]; then el "no pipeline on this machine (it went cold): nothing started"; finish; exit 0; fi
+  setsid nohup bash bench/gpu/llm-rec-pipeline.sh > "$LOG/pipeline.log" 2>&1 < /dev/null & echo $! > $P.pid
+  el "pipeline started, pid $(cat $P.pid)"
+fi
+while [ ! -f $P.done ] && kill -0 "$(cat $P.pid)" 2>/dev/null && [ "$(date +%s)" -lt $(( END - 25 )) ]; do sleep 5; done
+el "pipeline $( [ -f $P.done ] && echo done || { kill -0 "$(cat $P.pid)" 2>/dev/null && echo running || echo "ended early"; } )"
+cat "$LOG/steps.txt" >> "$OUT/times.txt" 2>/dev/null
+finish

@@ -1,0 +1,34 @@
+# Issue 12's run of record on one GPU, every step in one process tree that outlives the device calls
+# (started by bench/gpu/llm-rec-bg.sh with setsid). Calls only wait and pack, so a step is never cut at a call's
+# end and the GPU is not idle between calls. Steps, each timed into bench/tmp/gpu-logs/steps.txt:
+#   fresh build 1 of llm and llm_single; the full engine phase as build 1;
+#   fresh build 2 of both in .w2 (its own inductor cache); build 2's decode into the same state;
+#   the Triton phase on build 1 (first requests after ready, steady state, perf_analyzer, load), which writes the
+#   results file from the state.
+# Order: the two builds' decodes (the spread) before Triton, which needs less of a machine the report lacks.
+set -u
+export CUDA_VISIBLE_DEVICES=0
+LOG=$PWD/bench/tmp/gpu-logs; mkdir -p "$LOG"
+T0=$(date +%s)
+st() { echo "[$(( $(date +%s) - T0 )) s] $*" >> "$LOG/steps.txt"; }
+T="TUNE_RUNS=${TUNE_RUNS:-2}"
+M='BUILD_MODELS=llm llm_single'
+{ nvidia-smi -L; nproc; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } > "$LOG/machine.log" 2>&1
+rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./bench/tmp --exclude="./${CARRY:-.whl3}" \
+  --exclude=./model_repository/llm/1 --exclude=./model_repository/llm_single/1 --exclude=./model_repository/generate/1 \
+  -cf - . | tar -xf - -C .w2
+st start
+timeout 900 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T "$M" > "$LOG/b1_build.log" 2>&1
+st build 1 rc=$?
+timeout 400 make bench PY=python3 $T "$M" BENCH_ARGS="--phase engine --build-label 1" > "$LOG/b1_engine.log" 2>&1
+st engine phase of build 1 rc=$?
+(cd .w2 && timeout 900 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T "$M") > "$LOG/b2_build.log" 2>&1
+st build 2 rc=$?
+mkdir -p .w2/bench/tmp && cp bench/tmp/state.json .w2/bench/tmp/
+(cd .w2 && timeout 300 make bench PY=python3 $T "$M" BENCH_ARGS="--phase engine --build-label 2 --decode-only") \
+  > "$LOG/b2_decode.log" 2>&1
+st decode of build 2 rc=$?
+cp .w2/bench/tmp/state.json bench/tmp/state.json
+timeout 600 make bench PY=python3 $T "$M" BENCH_ARGS="--phase triton --load-s ${LOAD_S:-20}" > "$LOG/triton.log" 2>&1
+st triton phase rc=$?
+touch bench/tmp/pipeline.done
