@@ -853,6 +853,19 @@ def plot(state: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def record_command(state: dict, a: argparse.Namespace, command: str, via_make: str | None) -> None:
+    """Keep the phase's command line (and the `make bench` that ran it) for the report's header.
+
+    A build's decode-only run gets its own entry: it must not replace the command of the engine phase whose
+    figures the report shows.
+    """
+    key = f"engine, build {a.build_label} decode only" if a.decode_only else a.phase
+    state.setdefault("commands", {})[key] = command
+    if not isinstance(state.get("make"), dict):  # saved by an older bench: one command for all phases
+        state["make"] = {}
+    state["make"][key] = via_make
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Benchmark single- vs multi-profile engines on the GPU.")
     p.add_argument("--phase", choices=("engine", "triton", "report", "all"), default="all",
@@ -884,10 +897,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m bench.llm_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.phase != "report":  # the report phase rewrites saved results, wherever it runs
         state["env"] = environment()
-        state.setdefault("commands", {})[a.phase] = command
-        if not isinstance(state.get("make"), dict):  # saved by an older bench: one command for all phases
-            state["make"] = {}
-        state["make"][a.phase] = os.environ.get("BENCH_VIA_MAKE")  # set by `make bench`
+        record_command(state, a, command, os.environ.get("BENCH_VIA_MAKE"))  # set by `make bench`
     state["notes"] = state.get("notes", []) + a.note
     STATE.write_text(json.dumps(state))  # notes stay with the run, whichever phase added them
     if a.phase in ("engine", "all"):

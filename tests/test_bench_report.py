@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from bench.decode_variants import summarize_kernels
-from bench.llm_bench import call_order, report, server_split
+from bench.llm_bench import call_order, record_command, report, server_split
 from llmprofiles.serving.launcher import parse_metrics
 
 
@@ -157,3 +159,15 @@ def test_server_split_is_the_mean_per_request_between_two_snapshots():
     state["triton"]["server_split"] = {"decode@1": {"noop": None, "single": None, "multi": s}}
     md = report(state)[0]
     assert "| decode seq=1 | multi | 4.000 | 1.000 | - | - | 0.750 | - | 5.000 |" in md
+
+
+def test_a_decode_only_run_keeps_the_engine_phase_command_beside_its_own():
+    state = engine_state(0.9, 1.0)
+    engine = argparse.Namespace(phase="engine", build_label="1", decode_only=False)
+    decode_b2 = argparse.Namespace(phase="engine", build_label="2", decode_only=True)
+    record_command(state, engine, "python -m bench.llm_bench --phase engine --build-label 1", "make bench B1")
+    record_command(state, decode_b2, "python -m bench.llm_bench --phase engine --build-label 2 --decode-only", None)
+    md = report(state)[0]
+    assert "  - engine: `make bench B1`, which ran `python -m bench.llm_bench --phase engine --build-label 1`" in md
+    assert ("  - engine, build 2 decode only: `python -m bench.llm_bench --phase engine --build-label 2 --decode-only`"
+            in md)
