@@ -1,7 +1,7 @@
 # Issue 12 on one GPU, call C (about 7 min, CALL_S=480), within 30 s of call B: build 2's decode (decode only, into
 # build 1's state as fresh build 2), then the Triton phase on build 1 (first requests after ready, steady state,
 # perf_analyzer, load), which writes the results file from the state; then, with any time left, the stub probe
-# (bench/probes/stub_host.py, about 30 s). Also call 4 of llm-rec-1..3.sh (CALL_S=590).
+# (bench/probes/stub_host.py, about 30 s). (Issue 12's run of record is bench/gpu/llm-rec-bg.sh.)
 source bench/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 T="TUNE_RUNS=${TUNE_RUNS:-2}"
