@@ -5,11 +5,13 @@
 # returns at once instead of building again.
 #   CALL_S=580 bash bench/gpu/llm-rec-bg.sh               # call 1
 #   CONTINUE=1 CALL_S=580 bash bench/gpu/llm-rec-bg.sh    # calls 2, 3, ... until steps.txt shows the Triton phase
+# PIPELINE names another pipeline to run so: bench/gpu/gen-rec-pipeline.sh is issue 11's (generate's) run of record.
 source bench/gpu/env.sh
+PIPELINE=${PIPELINE:-bench/gpu/llm-rec-pipeline.sh}
 P=bench/tmp/pipeline
 if [ ! -f $P.pid ]; then
   if [ -n "${CONTINUE:-}" ]; then el "no pipeline on this machine (it went cold): nothing started"; finish; exit 0; fi
-  setsid nohup bash bench/gpu/llm-rec-pipeline.sh > "$LOG/pipeline.log" 2>&1 < /dev/null & echo $! > $P.pid
+  setsid nohup bash "$PIPELINE" > "$LOG/pipeline.log" 2>&1 < /dev/null & echo $! > $P.pid
   el "pipeline started, pid $(cat $P.pid)"
 fi
 while [ ! -f $P.done ] && kill -0 "$(cat $P.pid)" 2>/dev/null && [ "$(date +%s)" -lt $(( END - 25 )) ]; do sleep 5; done
