@@ -6,17 +6,8 @@
 #   request after ready); the HF anchor; the report (engine decode as the median of the two builds); then, with
 #   the time left, generate's GPU tests and the 300 s load run, and the report again.
 # Estimated from sessions 18 and 21: about 1,250 s to the first report on a fast host, 1,550 s on a slow one.
-set -u
-export CUDA_VISIBLE_DEVICES=0
-LOG=$PWD/bench/tmp/gpu-logs; mkdir -p "$LOG"
+source bench/gpu/rec-common.sh
 GEN_STATE=bench/tmp/generate-state.json
-T0=$(date +%s)
-st() { echo "[$(( $(date +%s) - T0 )) s] $*" >> "$LOG/steps.txt"; }
-{ nvidia-smi -L; nproc; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } > "$LOG/machine.log" 2>&1
-rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./bench/tmp --exclude="./${CARRY:-.whl3}" \
-  --exclude=./model_repository/llm/1 --exclude=./model_repository/llm_single/1 --exclude=./model_repository/generate/1 \
-  -cf - . | tar -xf - -C .w2
-st start
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen
 timeout 600 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 BUILD_MODELS=generate > "$LOG/gen_build1.log" 2>&1
 st build 1 rc=$?

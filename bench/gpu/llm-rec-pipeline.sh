@@ -6,18 +6,9 @@
 #   the Triton phase on build 1 (first requests after ready, steady state, perf_analyzer, load), which writes the
 #   results file from the state.
 # Order: the two builds' decodes (the spread) before Triton, which needs less of a machine the report lacks.
-set -u
-export CUDA_VISIBLE_DEVICES=0
-LOG=$PWD/bench/tmp/gpu-logs; mkdir -p "$LOG"
-T0=$(date +%s)
-st() { echo "[$(( $(date +%s) - T0 )) s] $*" >> "$LOG/steps.txt"; }
+source bench/gpu/rec-common.sh
 T="TUNE_RUNS=${TUNE_RUNS:-2}"
 M='BUILD_MODELS=llm llm_single'
-{ nvidia-smi -L; nproc; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } > "$LOG/machine.log" 2>&1
-rm -rf .w2 && mkdir -p .w2 && tar --exclude=./.w2 --exclude=./.cache --exclude=./bench/tmp --exclude="./${CARRY:-.whl3}" \
-  --exclude=./model_repository/llm/1 --exclude=./model_repository/llm_single/1 --exclude=./model_repository/generate/1 \
-  -cf - . | tar -xf - -C .w2
-st start
 timeout 900 make build PY=python3 MODEL=gemma-3-1b DEVICE=cuda FRESH=1 $T "$M" > "$LOG/b1_build.log" 2>&1
 st build 1 rc=$?
 timeout 400 make bench PY=python3 $T "$M" BENCH_ARGS="--phase engine --build-label 1" > "$LOG/b1_engine.log" 2>&1
