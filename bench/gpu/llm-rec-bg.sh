@@ -6,6 +6,8 @@
 #   CALL_S=580 bash bench/gpu/llm-rec-bg.sh               # call 1
 #   CONTINUE=1 CALL_S=580 bash bench/gpu/llm-rec-bg.sh    # calls 2, 3, ... until steps.txt shows the Triton phase
 # PIPELINE names another pipeline to run so: bench/gpu/gen-rec-pipeline.sh is issue 11's (generate's) run of record.
+# UNTIL=report makes a call return once the pipeline has written its report (bench/tmp/pipeline.report), not
+# waiting for the steps after it.
 source bench/gpu/env.sh
 PIPELINE=${PIPELINE:-bench/gpu/llm-rec-pipeline.sh}
 P=bench/tmp/pipeline
@@ -14,7 +16,10 @@ if [ ! -f $P.pid ]; then
   setsid nohup bash "$PIPELINE" > "$LOG/pipeline.log" 2>&1 < /dev/null & echo $! > $P.pid
   el "pipeline started, pid $(cat $P.pid)"
 fi
-while [ ! -f $P.done ] && kill -0 "$(cat $P.pid)" 2>/dev/null && [ "$(date +%s)" -lt $(( END - 25 )) ]; do sleep 5; done
-el "pipeline $( [ -f $P.done ] && echo done || { kill -0 "$(cat $P.pid)" 2>/dev/null && echo running || echo "ended early"; } )"
+UNTIL=${UNTIL:-done}
+while [ ! -f $P.$UNTIL ] && [ ! -f $P.done ] && kill -0 "$(cat $P.pid)" 2>/dev/null && [ "$(date +%s)" -lt $(( END - 25 )) ]; do sleep 5; done
+if [ -f $P.done ]; then at=done; elif [ -f $P.$UNTIL ]; then at="at $UNTIL"
+elif kill -0 "$(cat $P.pid)" 2>/dev/null; then at=running; else at="ended early"; fi
+el "pipeline $at"
 cat "$LOG/steps.txt" >> "$OUT/times.txt" 2>/dev/null
 finish
