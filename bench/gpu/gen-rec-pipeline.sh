@@ -5,7 +5,8 @@
 #   (client/generate.py and perf_analyzer, first request after ready); the HF anchor; the report. Then fresh
 #   build 2 in .w2 (its own inductor cache) and its engine phase, and the report again with both builds (engine
 #   decode as their median, the spread). Then, with the time left, generate's GPU tests and the 300 s load run.
-# Estimated from sessions 18 and 21: about 750 s to the first report, 1,200 s to the second, on a slow host.
+# Session 25, on the slowest host yet: the first report at 1,007 s; build 2 and its engine phase should take
+# about 570 s more (build 1's times).
 source bench/gpu/rec-common.sh
 GEN_STATE=bench/tmp/generate-state.json
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor-gen

@@ -6,8 +6,8 @@
 #   CALL_S=580 bash bench/gpu/llm-rec-bg.sh               # call 1
 #   CONTINUE=1 CALL_S=580 bash bench/gpu/llm-rec-bg.sh    # calls 2, 3, ... until steps.txt shows the Triton phase
 # PIPELINE names another pipeline to run so: bench/gpu/gen-rec-pipeline.sh is issue 11's (generate's) run of record.
-# UNTIL=report makes a call return once the pipeline has written its report (bench/tmp/pipeline.report), not
-# waiting for the steps after it.
+# UNTIL=report makes a call return once gen-rec-pipeline.sh has written its report on both builds
+# (bench/tmp/pipeline.report), not waiting for the GPU tests and the load run after it.
 source bench/gpu/env.sh
 PIPELINE=${PIPELINE:-bench/gpu/llm-rec-pipeline.sh}
 P=bench/tmp/pipeline
